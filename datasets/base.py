@@ -1,0 +1,120 @@
+"""Domains (labelled image sets) and deterministic, resumable batch streams over them.
+
+A *domain* is random-access: ``len(d)``, ``d.labels`` (int array), ``d.num_classes``,
+``d.class_names`` and ``d.load(i) -> HWC uint8 or float32 [0, 1] image``. In-memory sets
+(:class:`ArrayDomain`) also expose ``d.images`` so batches are built vectorised.
+
+A :class:`BatchStream` turns a domain into an infinite stream of fixed-size batches whose
+content at iteration ``it`` is a pure function of ``(seed, stream_id, it)``: per-epoch
+permutations seeded by ``(seed, stream_id, epoch)`` and per-batch augmentation seeded by
+``(seed, stream_id, it)``. Resuming at iteration ``it`` therefore replays exactly the batches an
+uninterrupted run would have seen, and each data-parallel rank reads its own shard.
+"""
+import numpy as np
+
+
+class DatasetMissingError(FileNotFoundError):
+    """A dataset file is absent or corrupt; the message says which and where to put it."""
+
+
+class ImageDomain:
+    class_names = ()
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def load(self, index):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class ArrayDomain(ImageDomain):
+    """Images held in memory as float32 NHWC in [0, 1]."""
+
+    def __init__(self, images, labels, class_names=None):
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.dtype == np.uint8:
+            images = images.astype(np.float32) / 255.0
+        self.images = images.astype(np.float32, copy=False)
+        self.labels = np.asarray(labels, dtype=np.int32)
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        n_cls = int(self.labels.max()) + 1 if len(self.labels) else 0
+        self.class_names = tuple(class_names) if class_names is not None else tuple(str(c) for c in range(n_cls))
+
+    def load(self, index):
+        return self.images[index]
+
+    def subset(self, indices):
+        return ArrayDomain(self.images[indices], self.labels[indices], self.class_names)
+
+
+def stratified_split(labels, fraction, seed):
+    """Indices (first, second) with ``fraction`` of every class in ``second``; deterministic."""
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        k = int(round(len(idx) * fraction))
+        second.extend(idx[:k])
+        first.extend(idx[k:])
+    return np.sort(np.array(first, dtype=np.int64)), np.sort(np.array(second, dtype=np.int64))
+
+
+class BatchStream:
+    """Infinite, seekable stream of ``(x NCHW float32, y int32[, x_strong])`` batches.
+
+    ``transform(images NHWC, rng) -> NHWC`` is applied per batch (vectorised for in-memory
+    domains); ``strong`` adds a second, differently augmented view of the same images.
+    ``num_shards/shard_id`` give each data-parallel rank a disjoint slice of every epoch.
+    """
+
+    def __init__(self, domain, batch_size, seed, stream_id, transform, strong=None,
+                 num_shards=1, shard_id=0, loader=None):
+        if len(domain) < batch_size * num_shards:
+            raise ValueError(f"domain has {len(domain)} images, fewer than one global batch "
+                             f"({batch_size} x {num_shards} cards); lower data.batch_size")
+        self.domain, self.batch_size, self.seed, self.stream_id = domain, batch_size, seed, stream_id
+        self.transform, self.strong = transform, strong
+        self.num_shards, self.shard_id = num_shards, shard_id
+        self.loader = loader  # parallel image decoder for file-backed domains
+        self.per_epoch = len(domain) // (batch_size * num_shards)
+        self._perm_epoch, self._perm = None, None
+
+    def indices(self, it):
+        epoch, k = divmod(it, self.per_epoch)
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, self.stream_id, epoch]).permutation(len(self.domain))
+            self._perm_epoch = epoch
+        start = (k * self.num_shards + self.shard_id) * self.batch_size
+        return self._perm[start:start + self.batch_size]
+
+    def batch(self, it):
+        idx = self.indices(it)
+        if self.loader is not None:
+            images = self.loader(self.domain, idx)
+        else:
+            images = self.domain.images[idx]
+        rng = np.random.default_rng([self.seed, self.stream_id, 1_000_003, it, self.shard_id])
+        out = [to_nchw(self.transform(images, rng)), self.domain.labels[idx]]
+        if self.strong is not None:
+            out.append(to_nchw(self.strong(images, rng)))
+        return out
+
+
+def to_nchw(images):
+    return np.ascontiguousarray(np.transpose(images, (0, 3, 1, 2)), dtype=np.float32)
+
+
+def iterate_eval(domain, batch_size, transform, loader=None):
+    """Ordered, non-random pass over a domain in batches (last batch may be short)."""
+    for start in range(0, len(domain), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(domain)))
+        images = loader(domain, idx) if loader is not None else domain.images[idx]
+        yield to_nchw(transform(images, None)), domain.labels[idx]

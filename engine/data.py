@@ -1,0 +1,72 @@
+"""Builds the train streams and evaluation sets of a config (source, target, held-out source)."""
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from datasets.base import BatchStream, ImageDomain, stratified_split
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, match_channels
+from engine.registry import DATASETS
+
+SOURCE_STREAM, TARGET_STREAM = 0, 1
+
+
+@dataclass
+class DataBundle:
+    source: BatchStream
+    target: BatchStream
+    target_test: ImageDomain
+    source_val: Optional[ImageDomain]
+    eval_transform: Callable
+    num_classes: int
+    loader: Optional[Callable] = None
+
+
+def build_domain(domain_cfg, split, data_cfg):
+    """``DATASETS[name](domain_cfg, split, data_cfg) -> ImageDomain`` with split train | test."""
+    return DATASETS.build(domain_cfg.name, domain_cfg, split, data_cfg)
+
+
+def channel_stats(domain, channels, loader=None, limit=512):
+    """Per-channel mean/std of (at most ``limit``, evenly spaced) images of ``domain``."""
+    idx = np.linspace(0, len(domain) - 1, min(limit, len(domain))).astype(int)
+    images = loader(domain, idx) if loader is not None else domain.images[idx]
+    images = match_channels(np.asarray(images, np.float32), channels)
+    return images.mean(axis=(0, 1, 2)), images.std(axis=(0, 1, 2)) + 1e-6
+
+
+def build_data(cfg, seed, num_shards=1, shard_id=0):
+    d = cfg.data
+    source = build_domain(d.source, "train", d)
+    target = build_domain(d.target, "train", d)
+    target_test = build_domain(d.target, "test", d)
+    loader = getattr(source, "batch_loader", None)
+    if source.num_classes != target.num_classes:
+        raise ValueError(f"source has {source.num_classes} classes, target {target.num_classes}; "
+                         "domains must share the label space")
+    if source.num_classes != cfg.model.num_classes:
+        raise ValueError(f"model.num_classes={cfg.model.num_classes} but the data has {source.num_classes} "
+                         f"classes; set model.num_classes={source.num_classes}")
+    source_val = None
+    if d.source_val_fraction > 0:
+        keep, held = stratified_split(source.labels, d.source_val_fraction, seed=12345)
+        source, source_val = source.subset(keep), source.subset(held)
+
+    if d.normalize == "source":
+        mean, std = channel_stats(source, d.channels, loader)
+    elif d.normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif d.normalize == "none":
+        mean, std = (0.0,) * d.channels, (1.0,) * d.channels
+    else:
+        raise ValueError(f"unknown data.normalize {d.normalize!r}; use source, imagenet or none")
+    train_tf = build_transform(d.train_transform, d.image_size, d.channels, mean, std)
+    eval_tf = build_transform("center_crop" if d.train_transform == "flip_crop" else "none",
+                              d.image_size, d.channels, mean, std)
+    strong_tf = None
+    if d.strong_transform != "none":
+        strong_tf = build_transform(d.strong_transform, d.image_size, d.channels, mean, std)
+    streams = [BatchStream(dom, d.batch_size, seed, sid, train_tf, strong_tf, num_shards, shard_id,
+                           getattr(dom, "batch_loader", None))
+               for sid, dom in ((SOURCE_STREAM, source), (TARGET_STREAM, target))]
+    return DataBundle(streams[0], streams[1], target_test, source_val, eval_tf, source.num_classes, loader)

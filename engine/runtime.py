@@ -1,0 +1,73 @@
+"""Process-wide runtime settings: the one place that touches MindSpore's environment.
+
+On CPU, MindSpore 2.x is 30-180x slower than it needs to be on small machines because
+(a) oneDNN >= 3.10 falls back to reference convolutions on AVX-512 hosts and
+(b) busy-waiting host threads starve the cores. Both are fixed by environment variables
+that must be set before the first MindSpore op. A value the user already set is kept.
+"""
+import os
+import shutil
+
+CPU_ENV_DEFAULTS = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MS_DEV_HOST_BLOCKING_RUN": "1",
+}
+DEVICES = ("auto", "Ascend", "GPU", "CPU")
+
+
+def detect_device():
+    """Best-effort accelerator probe that does not import MindSpore: Ascend, GPU, else CPU."""
+    if os.environ.get("ASCEND_HOME_PATH") or os.path.isdir("/usr/local/Ascend/driver"):
+        return "Ascend"
+    if os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi"):
+        return "GPU"
+    return "CPU"
+
+
+def resolve_device(device="auto"):
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    return detect_device() if device == "auto" else device
+
+
+def configure_cpu_env(device=None):
+    """Apply CPU_ENV_DEFAULTS when the run will be on CPU; never overrides a user's value."""
+    device = resolve_device(device or os.environ.get("DA_DEVICE", "auto"))
+    if device == "CPU":
+        for key, value in CPU_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+    return device
+
+
+def init_mindspore(device="auto", mode="graph", seed=0, deterministic=True):
+    """Pick the device (Ascend -> GPU -> CPU when 'auto'), set graph/pynative mode and seeds."""
+    device = configure_cpu_env(device)
+    import mindspore as ms
+
+    if device != "CPU":
+        try:
+            ms.set_device(device)
+        except Exception as err:  # pragma: no cover - only on machines with a broken accelerator
+            if os.environ.get("DA_DEVICE") or device != detect_device():
+                raise RuntimeError(f"cannot use device {device}: {err}") from err
+            device = "CPU"
+            ms.set_device("CPU")
+    else:
+        ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    if deterministic and device != "CPU":
+        ms.set_context(deterministic="ON")
+    seed_everything(seed)
+    return device
+
+
+def seed_everything(seed):
+    import random
+
+    import mindspore as ms
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    ms.set_seed(seed)
+    ms.dataset.config.set_seed(seed)

@@ -1,0 +1,125 @@
+"""What a method is: a Cell computing ``(loss, aux)`` from a batch dict and progress ``t``.
+
+A method declares its training ``phases`` and, per phase, the parameter ``groups`` that each get
+their own optimizer and loss cell (DANN: one group, the GRL flips the sign for the
+discriminator; ADDA: a discriminator group then an encoder group). The engine builds one
+jitted step per phase from these and never branches on the method's name.
+
+Batch dict keys: ``x_s, y_s, x_t`` always; ``x_s_strong, x_t_strong`` when a method or
+regularizer sets ``needs_strong_view``; extra host-drawn random tensors from ``host_random``.
+``t`` is training progress in [0, 1] as a 0-d float32 Tensor, so schedules computed from it
+(GRL coefficient, OCR lambda, ramps) never recompile the graph.
+"""
+from dataclasses import dataclass
+from typing import Tuple
+
+import mindspore as ms
+from mindspore import nn, ops
+
+
+@dataclass
+class Phase:
+    name: str
+    iters: int
+    groups: Tuple[str, ...] = ("gen",)
+
+
+def cross_entropy(logits, labels):
+    return ops.cross_entropy(logits, labels)
+
+
+def accuracy(logits, labels):
+    return ops.mean((ops.argmax(logits, -1) == labels).astype(ms.float32))
+
+
+class Regularizer(nn.Cell):
+    """Base of plug-in regularizers: ``construct(model, batch, out, t) -> (weighted loss, aux)``.
+
+    ``out`` is ``(g_s, f_s, g_t, f_t)`` from the method's forward pass, so a regularizer only
+    runs the model again when it needs other inputs (augmented or mixed images).
+    """
+
+    log_keys = ()
+    needs_strong_view = False
+    needs_target = True
+
+    def __init__(self, params, num_classes=None, features_dim=None):
+        super().__init__()
+        self.params = params
+        self.weight = params.weight
+
+    def host_random(self, rng, batch_size):
+        """Random draws made on the host (seeded per iteration) and fed in as Tensors."""
+        return {}
+
+
+class Method(nn.Cell):
+    """Source-supervised cross-entropy plus the subclass's ``align`` term plus regularizers."""
+
+    log_keys = ("cls", "acc_s")
+    uses_target = False          # forward target images through the model (alignment methods)
+
+    def __init__(self, params, model, regularizers=(), num_classes=10, train_cfg=None):
+        super().__init__()
+        self.params = params
+        self.model = model
+        self.regularizers = nn.CellList(list(regularizers))
+        self.forward_target = self.uses_target or any(r.needs_target for r in regularizers)
+        self.train_cfg = train_cfg
+        self.reg_log_keys = tuple(k for r in regularizers for k in r.log_keys)
+
+    # ------------------------------------------------------------------ declarations
+    @property
+    def needs_strong_view(self):
+        return any(r.needs_strong_view for r in self.regularizers)
+
+    def phases(self):
+        return [Phase("train", self.train_cfg.iters)]
+
+    def step_log_keys(self, phase):
+        return ("loss",) + self.log_keys + self.reg_log_keys
+
+    def param_groups(self, phase):
+        """``{group: [(params, lr_mult), ...]}``; groups are disjoint."""
+        groups = list(self.model.lr_groups().values()) + [(self.extra_params(), 1.0)]
+        return {"gen": [(p, m) for p, m in groups if p]}
+
+    def extra_params(self):
+        """Trainable parameters the method adds besides the model (e.g. a discriminator)."""
+        return []
+
+    def start_phase(self, phase):
+        """Hook run when ``phase`` starts fresh (not on resume), e.g. ADDA copies the encoder."""
+
+    def loss_cells(self, phase):
+        return {"gen": self}
+
+    def host_random(self, rng, batch_size):
+        out = {}
+        for reg in self.regularizers:
+            out.update(reg.host_random(rng, batch_size))
+        return out
+
+    # ------------------------------------------------------------------ computation
+    def align(self, g_s, f_s, g_t, f_t, t):
+        """Method-specific adaptation term ``(loss, aux)``; source-only has none."""
+        return ops.zeros((), ms.float32), ()
+
+    def construct(self, batch, t):
+        x_s, y_s = batch["x_s"], batch["y_s"]
+        if self.forward_target:
+            n = x_s.shape[0]
+            g, f = self.model(ops.concat((x_s, batch["x_t"]), 0))
+            g_s, g_t, f_s, f_t = g[:n], g[n:], f[:n], f[n:]
+        else:
+            g_s, f_s = self.model(x_s)
+            g_t, f_t = g_s, f_s
+        cls = cross_entropy(g_s, y_s)
+        align, aux = self.align(g_s, f_s, g_t, f_t, t)
+        total = cls + align
+        out = (g_s, f_s, g_t, f_t)
+        for reg in self.regularizers:
+            reg_loss, reg_aux = reg(self.model, batch, out, t)
+            total = total + reg_loss
+            aux = aux + reg_aux
+        return total, (cls, accuracy(g_s, y_s)) + aux

@@ -1,0 +1,28 @@
+"""LeNet of the DANN paper for 28x28 digits: conv5-32, pool, conv5-48, pool, fc100, fc100."""
+from mindspore import nn
+
+from engine.registry import BACKBONES
+
+
+@BACKBONES.register("lenet")
+class LeNet(nn.Cell):
+    """Returns 100-d features; the classifier head (fc10) lives in :class:`models.classifier.Classifier`."""
+
+    def __init__(self, in_channels=3, image_size=28, feature_dim=100):
+        super().__init__()
+        self.conv = nn.SequentialCell(
+            nn.Conv2d(in_channels, 32, 5, pad_mode="valid", has_bias=True), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(32, 48, 5, pad_mode="valid", has_bias=True), nn.ReLU(), nn.MaxPool2d(2, 2),
+        )
+        side = ((image_size - 4) // 2 - 4) // 2
+        if side < 1:
+            raise ValueError(f"lenet needs image_size >= 16, got {image_size}")
+        self.flatten = nn.Flatten()
+        self.fc = nn.SequentialCell(
+            nn.Dense(48 * side * side, feature_dim), nn.ReLU(),
+            nn.Dense(feature_dim, feature_dim), nn.ReLU(),
+        )
+        self.out_features = feature_dim
+
+    def construct(self, x):
+        return self.fc(self.flatten(self.conv(x)))

@@ -1,0 +1,65 @@
+"""Train any method of the repo from a YAML config.
+
+    python train.py --config configs/digits/dann_optdigits.yaml [--opt train.seed=2 optim.lr=0.02]
+"""
+import argparse
+import os
+import sys
+
+from engine.runtime import DEVICES, configure_cpu_env
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config (may use _base_)")
+    parser.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. train.seed=1 optim.lr=0.02 (values parsed as YAML)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto picks Ascend, then GPU, then CPU")
+    parser.add_argument("--mode", default="graph", choices=("graph", "pynative"), help="pynative for debugging")
+    parser.add_argument("--resume", default=None, choices=("auto",),
+                        help="continue the run in train.output_dir from its last checkpoint")
+    parser.add_argument("--distribute", action="store_true", help="data parallel over the msrun workers")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs still written)")
+    return parser.parse_args(argv)
+
+
+def resolve_run_dir(cfg):
+    return cfg.train.output_dir.format(config_name=cfg.name, seed=cfg.train.seed, name=cfg.name)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    configure_cpu_env(args.device)  # before MindSpore is imported anywhere
+    from engine.config import ConfigError, dump_config, load_config
+
+    try:
+        cfg = load_config(args.config, args.opt)
+    except (ConfigError, KeyError) as err:
+        sys.exit(f"error: {err.args[0] if err.args else err}")
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return None
+    from engine.runtime import init_mindspore
+    from engine.checkpoint import CheckpointError
+    from engine.trainer import RunDirError, Trainer, TrainingDiverged
+    from engine.distributed import init_distributed
+
+    device = init_mindspore(args.device, args.mode, cfg.train.seed)
+    rank, group_size = init_distributed(args.distribute)
+    run_dir = resolve_run_dir(cfg)
+    trainer = Trainer(cfg, run_dir, resume=args.resume == "auto", rank=rank, group_size=group_size,
+                      show_progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        results = trainer.fit()
+    except (RunDirError, TrainingDiverged, CheckpointError, ValueError, KeyError) as err:
+        sys.exit(f"error: {err.args[0] if err.args else err}")
+    if rank == 0:
+        extra = f"  (oracle, best on target test: {results['oracle_target_acc']:.4f})" if "oracle_target_acc" in results else ""
+        print(f"[{device}] {cfg.name} seed {cfg.train.seed}: target accuracy {results['target_acc']:.4f}"
+              f"{extra}  run dir: {run_dir}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
