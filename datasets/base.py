@@ -71,17 +71,18 @@ class BatchStream:
     """Infinite, seekable stream of ``(x NCHW float32, y int32[, x_strong])`` batches.
 
     ``transform(images NHWC, rng) -> NHWC`` is applied per batch (vectorised for in-memory
-    domains); ``strong`` adds a second, differently augmented view of the same images.
+    domains); ``strong_views`` > 0 adds that many views of the same images made by ``strong``,
+    stacked view-major into one (V*N, C, H, W) array.
     ``num_shards/shard_id`` give each data-parallel rank a disjoint slice of every epoch.
     """
 
     def __init__(self, domain, batch_size, seed, stream_id, transform, strong=None,
-                 num_shards=1, shard_id=0, loader=None):
+                 num_shards=1, shard_id=0, loader=None, strong_views=0):
         if len(domain) < batch_size * num_shards:
             raise ValueError(f"domain has {len(domain)} images, fewer than one global batch "
                              f"({batch_size} x {num_shards} cards); lower data.batch_size")
         self.domain, self.batch_size, self.seed, self.stream_id = domain, batch_size, seed, stream_id
-        self.transform, self.strong = transform, strong
+        self.transform, self.strong, self.strong_views = transform, strong, strong_views
         self.num_shards, self.shard_id = num_shards, shard_id
         self.loader = loader  # parallel image decoder for file-backed domains
         self.per_epoch = len(domain) // (batch_size * num_shards)
@@ -103,8 +104,8 @@ class BatchStream:
             images = self.domain.images[idx]
         rng = np.random.default_rng([self.seed, self.stream_id, 1_000_003, it, self.shard_id])
         out = [to_nchw(self.transform(images, rng)), self.domain.labels[idx]]
-        if self.strong is not None:
-            out.append(to_nchw(self.strong(images, rng)))
+        if self.strong_views:
+            out.append(np.concatenate([to_nchw(self.strong(images, rng)) for _ in range(self.strong_views)]))
         return out
 
 

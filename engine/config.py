@@ -34,6 +34,7 @@ class DomainCfg:
     root: str = "data"               # where the files live (ignored by embedded datasets)
     download: bool = False           # fetch missing files (checksummed) when a mirror exists
     image_list: Optional[str] = None  # TLlib-style "path label" list overriding the folder scan
+    verify_counts: bool = True       # check image/class counts against the published dataset
 
 
 @dataclass
@@ -46,7 +47,7 @@ class DataCfg:
     resize_size: int = 0             # resize before crop (0 = image_size); imagenet style: 256
     normalize: str = "source"        # source (per-channel mean/std of source train) | imagenet | none
     train_transform: str = "none"    # none | flip_crop | imagenet
-    strong_transform: str = "none"   # second, strongly augmented view (OCR, IIMT): none | digits_strong | randaugment_lite
+    strong_transform: str = "digits_strong"  # augmentation of the extra views regularizers ask for (OCR, IIMT)
     num_workers: int = 2
     source_val_fraction: float = 0.1  # labelled source images held out for label-free selection
 

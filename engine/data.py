@@ -35,7 +35,7 @@ def channel_stats(domain, channels, loader=None, limit=512):
     return images.mean(axis=(0, 1, 2)), images.std(axis=(0, 1, 2)) + 1e-6
 
 
-def build_data(cfg, seed, num_shards=1, shard_id=0):
+def build_data(cfg, seed, num_shards=1, shard_id=0, strong_views=0):
     d = cfg.data
     source = build_domain(d.source, "train", d)
     target = build_domain(d.target, "train", d)
@@ -63,10 +63,8 @@ def build_data(cfg, seed, num_shards=1, shard_id=0):
     train_tf = build_transform(d.train_transform, d.image_size, d.channels, mean, std)
     eval_tf = build_transform("center_crop" if d.train_transform == "flip_crop" else "none",
                               d.image_size, d.channels, mean, std)
-    strong_tf = None
-    if d.strong_transform != "none":
-        strong_tf = build_transform(d.strong_transform, d.image_size, d.channels, mean, std)
+    strong_tf = build_transform(d.strong_transform, d.image_size, d.channels, mean, std)
     streams = [BatchStream(dom, d.batch_size, seed, sid, train_tf, strong_tf, num_shards, shard_id,
-                           getattr(dom, "batch_loader", None))
+                           getattr(dom, "batch_loader", None), strong_views)
                for sid, dom in ((SOURCE_STREAM, source), (TARGET_STREAM, target))]
     return DataBundle(streams[0], streams[1], target_test, source_val, eval_tf, source.num_classes, loader)

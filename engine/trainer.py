@@ -135,8 +135,8 @@ class Trainer:
         if resume_from is not None and os.path.isfile(os.path.join(self.run_dir, RESULTS)):
             with open(os.path.join(self.run_dir, RESULTS), encoding="utf-8") as handle:
                 return json.load(handle)
-        data = build_data(cfg, cfg.train.seed, self.group_size, self.rank)
         method = build_method(cfg)
+        data = build_data(cfg, cfg.train.seed, self.group_size, self.rank, method.strong_views)
         method.set_train(True)
         phases = method.phases()
         start_phase, start_iter = 0, 0
@@ -172,7 +172,7 @@ class Trainer:
         x_s, y_s, *s_strong = data.source.batch(it)
         x_t, _unused_target_labels, *t_strong = data.target.batch(it)
         batch = {"x_s": x_s, "y_s": y_s.astype(np.int32), "x_t": x_t}
-        if method.needs_strong_view:
+        if method.strong_views:
             batch["x_s_strong"], batch["x_t_strong"] = s_strong[0], t_strong[0]
         rng = np.random.default_rng([self.cfg.train.seed, 7, it, self.rank])
         batch.update(method.host_random(rng, x_s.shape[0]))

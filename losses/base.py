@@ -5,8 +5,9 @@ their own optimizer and loss cell (DANN: one group, the GRL flips the sign for t
 discriminator; ADDA: a discriminator group then an encoder group). The engine builds one
 jitted step per phase from these and never branches on the method's name.
 
-Batch dict keys: ``x_s, y_s, x_t`` always; ``x_s_strong, x_t_strong`` when a method or
-regularizer sets ``needs_strong_view``; extra host-drawn random tensors from ``host_random``.
+Batch dict keys: ``x_s, y_s, x_t`` always; ``x_s_strong, x_t_strong`` of shape (V*N, C, H, W)
+(V independently augmented views of the same N images, view-major) when a method or regularizer
+sets ``strong_views = V > 0``; extra host-drawn random tensors from ``host_random``.
 ``t`` is training progress in [0, 1] as a 0-d float32 Tensor, so schedules computed from it
 (GRL coefficient, OCR lambda, ramps) never recompile the graph.
 """
@@ -40,7 +41,7 @@ class Regularizer(nn.Cell):
     """
 
     log_keys = ()
-    needs_strong_view = False
+    strong_views = 0             # extra augmented views of each source/target image it needs
     needs_target = True
 
     def __init__(self, params, num_classes=None, features_dim=None):
@@ -70,8 +71,8 @@ class Method(nn.Cell):
 
     # ------------------------------------------------------------------ declarations
     @property
-    def needs_strong_view(self):
-        return any(r.needs_strong_view for r in self.regularizers)
+    def strong_views(self):
+        return max([r.strong_views for r in self.regularizers], default=0)
 
     def phases(self):
         return [Phase("train", self.train_cfg.iters)]
