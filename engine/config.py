@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -164,6 +165,19 @@ def load_yaml(path, _chain=()):
     return _merge(merged, data)
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+def _parse_value(raw):
+    """YAML scalar/list, plus ``1e-3`` as a float (YAML 1.1 reads it as a string)."""
+    if raw == "":
+        return ""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    return value
+
+
 def apply_overrides(data, overrides):
     """``["optim.lr=0.02", "data.source.name=usps"]``; values are parsed as YAML scalars/lists."""
     data = copy.deepcopy(data)
@@ -171,7 +185,7 @@ def apply_overrides(data, overrides):
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _parse_value(raw)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -224,6 +238,8 @@ def from_dict(cls, data, where="", source="config"):
         if dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, f"{where}{key}.", source)
             continue
+        if isinstance(value, str) and _FLOAT.match(value.strip()) and float in typing.get_args(tp) + (tp,):
+            value = float(value)  # "1e-3" in a YAML file
         if isinstance(value, float) and tp is int and value.is_integer():
             value = int(value)
         if not _type_ok(value, tp):

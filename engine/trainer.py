@@ -194,9 +194,8 @@ class Trainer:
             out = step(batch, Tensor(it / phase.iters, ms.float32))
             values = [float(v.asnumpy()) for v in out]
             if not all(math.isfinite(v) for v in values):
-                raise TrainingDiverged(f"{keys[values.index(next(v for v in values if not math.isfinite(v)))]} "
-                                       f"became NaN/Inf at {phase.name} iteration {it}; the last good checkpoint "
-                                       f"is {self.ckpt_path} (lower optim.lr or check the data)")
+                bad = keys[[math.isfinite(v) for v in values].index(False)]
+                self.diverged(f"{bad} became NaN/Inf at {phase.name} iteration {it}")
             window.append(values)
             done = it + 1
             if bar is not None:
@@ -214,11 +213,21 @@ class Trainer:
                 self.write_metrics(rec)
                 log.info(json.dumps(rec))
             if self.is_main and (done % cfg.ckpt_every == 0 or done == phase.iters):
+                if not all(np.isfinite(p.asnumpy()).all() for p in method.trainable_params()):
+                    self.diverged(f"parameters became NaN/Inf at {phase.name} iteration {done}")
                 checkpoint.save(self.ckpt_path, method, optimizers, iter=done, phase=phase_idx,
                                 cfg_hash=self.hash, finished=False, seed=self.cfg.train.seed)
         if bar is not None:
             bar.close()
         return history
+
+    def diverged(self, what):
+        if os.path.isfile(self.ckpt_path):
+            it = checkpoint.read(self.ckpt_path)[1].get("iter")
+            kept = f"the last good checkpoint {self.ckpt_path} (iteration {it}) is kept"
+        else:
+            kept = "no checkpoint had been written yet"
+        raise TrainingDiverged(f"{what}; {kept}. Lower optim.lr or check the data")
 
     def eval_record(self, method, data):
         bs = max(self.cfg.data.batch_size, 64)
