@@ -25,8 +25,21 @@ def build_lr(cfg_optim, mult):
     raise ValueError(f"unknown optim.lr_schedule {cfg_optim.lr_schedule!r}; use inv or constant")
 
 
-def build_optimizer(groups, cfg_optim):
-    """``groups = [(params, lr_mult), ...]`` -> one optimizer whose groups keep their multipliers."""
+def build_optimizer(groups, cfg_optim, name="gen"):
+    """``groups = [(params, lr_mult), ...]`` -> one optimizer whose groups keep their multipliers.
+
+    The optimizer's own state (global_step, moments, ...) is renamed ``<name>.<param>`` so two
+    optimizers can live in one jitted step (ADDA) without clashing parameter names.
+    """
+    opt = _make_optimizer(groups, cfg_optim)
+    network = {id(p) for params, _ in groups for p in params}
+    for _, param in opt.parameters_and_names():
+        if id(param) not in network and not param.name.startswith(f"{name}."):
+            param.name = f"{name}.{param.name}"
+    return opt
+
+
+def _make_optimizer(groups, cfg_optim):
     param_groups = [{"params": list(params), "lr": build_lr(cfg_optim, mult)} for params, mult in groups if params]
     first_lr = param_groups[0]["lr"]
     if cfg_optim.name == "sgd":

@@ -1,4 +1,5 @@
 """The phase loop: phase -> optimizers -> one jitted step -> eval / checkpoint. No method branches."""
+import dataclasses
 import json
 import logging
 import math
@@ -29,10 +30,21 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_method(cfg):
-    model = create_model(cfg.model, in_channels=cfg.data.channels, image_size=cfg.data.image_size)
+    def model_factory():
+        return create_model(cfg.model, in_channels=cfg.data.channels, image_size=cfg.data.image_size)
+
+    model = model_factory()
     regs = [REGULARIZERS.build(r.name, r, num_classes=cfg.model.num_classes, features_dim=model.features_dim)
             for r in cfg.regularizers]
-    return METHODS.build(cfg.method.name, cfg.method, model, regs, cfg.model.num_classes, cfg.train)
+    return METHODS.build(cfg.method.name, cfg.method, model, regs, cfg.model.num_classes, cfg.train, model_factory)
+
+
+def phase_optim(cfg_optim, phase):
+    """The optim section with the phase's overrides applied (validated like the YAML)."""
+    if not phase.optim:
+        return cfg_optim
+    from engine.config import from_dict, OptimCfg
+    return from_dict(OptimCfg, {**dataclasses.asdict(cfg_optim), **phase.optim}, "optim.", f"phase {phase.name}")
 
 
 def make_step(phase, loss_cells, optimizers):
@@ -150,7 +162,7 @@ class Trainer:
             if phase_idx < start_phase:
                 continue
             groups = method.param_groups(phase)
-            optimizers = {g: build_optimizer(groups[g], cfg.optim) for g in phase.groups}
+            optimizers = {g: build_optimizer(groups[g], phase_optim(cfg.optim, phase), g) for g in phase.groups}
             first = 0
             if resume_from is not None and phase_idx == start_phase:
                 checkpoint.load(resume_from, method, optimizers)

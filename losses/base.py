@@ -11,8 +11,8 @@ sets ``strong_views = V > 0``; extra host-drawn random tensors from ``host_rando
 ``t`` is training progress in [0, 1] as a 0-d float32 Tensor, so schedules computed from it
 (GRL coefficient, OCR lambda, ramps) never recompile the graph.
 """
-from dataclasses import dataclass
-from typing import Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
 
 import mindspore as ms
 from mindspore import nn, ops
@@ -23,6 +23,7 @@ class Phase:
     name: str
     iters: int
     groups: Tuple[str, ...] = ("gen",)
+    optim: Dict[str, Any] = field(default_factory=dict)  # overrides of the optim section for this phase
 
 
 def cross_entropy(logits, labels):
@@ -60,10 +61,11 @@ class Method(nn.Cell):
     log_keys = ("cls", "acc_s")
     uses_target = False          # forward target images through the model (alignment methods)
 
-    def __init__(self, params, model, regularizers=(), num_classes=10, train_cfg=None):
+    def __init__(self, params, model, regularizers=(), num_classes=10, train_cfg=None, model_factory=None):
         super().__init__()
         self.params = params
         self.model = model
+        self.model_factory = model_factory  # builds another model like ``model`` (ADDA's frozen source encoder)
         self.regularizers = nn.CellList(list(regularizers))
         self.forward_target = self.uses_target or any(r.needs_target for r in regularizers)
         self.train_cfg = train_cfg
@@ -82,7 +84,8 @@ class Method(nn.Cell):
 
     def param_groups(self, phase):
         """``{group: [(params, lr_mult), ...]}``; groups are disjoint."""
-        groups = list(self.model.lr_groups().values()) + [(self.extra_params(), 1.0)]
+        extra = list(self.extra_params()) + self.regularizers.trainable_params()  # e.g. IIMT's discriminator
+        groups = list(self.model.lr_groups().values()) + [(extra, 1.0)]
         return {"gen": [(p, m) for p, m in groups if p]}
 
     def extra_params(self):

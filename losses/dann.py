@@ -33,18 +33,26 @@ class DannParams(MethodParams):
 
 
 class DomainAdversarialLoss(nn.Cell):
-    """``(f_s, f_t, coeff) -> (loss, domain accuracy)``; the GRL sits inside."""
+    """``(f_s, f_t, coeff[, weight]) -> (loss, domain accuracy)``; the GRL sits inside.
+
+    ``weight`` (N + M,) optionally weights each sample's BCE, source first (CDAN+E); the loss is
+    then ``mean(weight * BCE)``.
+    """
 
     def __init__(self, discriminator):
         super().__init__()
         self.discriminator = discriminator
         self.grl = GradientReverse()
 
-    def construct(self, f_s, f_t, coeff):
+    def construct(self, f_s, f_t, coeff, weight=None):
         d = self.discriminator(self.grl(ops.concat((f_s, f_t), 0), coeff))
         n = f_s.shape[0]
         label = ops.concat((ops.ones((n,), ms.float32), ops.zeros((f_t.shape[0],), ms.float32)))
-        return binary_cross_entropy_with_logits(d, label), binary_accuracy(d, label)
+        if weight is None:
+            loss = binary_cross_entropy_with_logits(d, label)
+        else:
+            loss = ops.binary_cross_entropy_with_logits(d, label, weight, ops.ones_like(d))
+        return loss, binary_accuracy(d, label)
 
 
 def build_domain_adversary(params, features_dim):
@@ -58,8 +66,8 @@ class DANN(Method):
     log_keys = Method.log_keys + ("transfer", "d_acc", "grl")
     uses_target = True
 
-    def __init__(self, params, model, regularizers=(), num_classes=10, train_cfg=None):
-        super().__init__(params, model, regularizers, num_classes, train_cfg)
+    def __init__(self, params, model, regularizers=(), num_classes=10, train_cfg=None, model_factory=None):
+        super().__init__(params, model, regularizers, num_classes, train_cfg, model_factory)
         self.adversary = build_domain_adversary(params, model.features_dim)
 
     def extra_params(self):
