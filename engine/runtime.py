@@ -32,6 +32,7 @@ def resolve_device(device="auto"):
 
 def configure_cpu_env(device=None):
     """Apply CPU_ENV_DEFAULTS when the run will be on CPU; never overrides a user's value."""
+    os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only unless the user asks for more
     device = resolve_device(device or os.environ.get("DA_DEVICE", "auto"))
     if device == "CPU":
         for key, value in CPU_ENV_DEFAULTS.items():
