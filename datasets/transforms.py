@@ -30,12 +30,9 @@ def match_channels(images, channels):
 
 
 @TRANSFORMS.register("none")
-def identity(images, rng, size):
-    return images
-
-
 @TRANSFORMS.register("center_crop")
 def center_crop(images, rng, size):
+    """No augmentation: only a centre crop when the domain stores images larger than ``size``."""
     h, w = images.shape[1:3]
     top, left = (h - size) // 2, (w - size) // 2
     return images[:, top:top + size, left:left + size]
@@ -91,3 +88,58 @@ def build_transform(name, size, channels, mean, std):
         return norm(augment(images, rng, size)).astype(np.float32, copy=False)
 
     return transform
+
+
+def _crop_boxes(rng, n, h, w, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts=10):
+    """torchvision ``RandomResizedCrop.get_params`` for ``n`` images at once: (tops, lefts, heights, widths)."""
+    area = h * w * rng.uniform(*scale, (n, attempts))
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), (n, attempts)))
+    cw, ch = np.rint(np.sqrt(area * aspect)).astype(int), np.rint(np.sqrt(area / aspect)).astype(int)
+    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = ok.argmax(axis=1)
+    widths, heights = cw[np.arange(n), first], ch[np.arange(n), first]
+    # fallback when no attempt fits: the whole image, clamped to the ratio range (torchvision's)
+    fw, fh = w, h
+    if w / h < ratio[0]:
+        fh = int(round(w / ratio[0]))
+    elif w / h > ratio[1]:
+        fw = int(round(h * ratio[1]))
+    none_ok = ~ok.any(axis=1)
+    widths[none_ok], heights[none_ok] = fw, fh
+    tops = (rng.random(n) * (h - heights + 1)).astype(int)
+    lefts = (rng.random(n) * (w - widths + 1)).astype(int)
+    tops[none_ok], lefts[none_ok] = (h - fh) // 2, (w - fw) // 2
+    return tops, lefts, heights, widths
+
+
+def _sample_grid(starts, lengths, size):
+    """Bilinear source coordinates (half-pixel centres) of ``size`` outputs over each crop: lo, hi, frac."""
+    pos = (np.arange(size) + 0.5)[None] * (lengths[:, None] / size) - 0.5
+    pos = np.clip(pos, 0, lengths[:, None] - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, lengths[:, None] - 1)
+    return starts[:, None] + lo, starts[:, None] + hi, (pos - lo).astype(np.float32)
+
+
+@TRANSFORMS.register("imagenet")
+def imagenet(images, rng, size):
+    """RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3)) + horizontal flip; center crop at eval.
+
+    Crops of all images are drawn at once and resized bilinearly in one vectorised gather.
+    """
+    if rng is None:
+        return center_crop(images, rng, size)
+    n, h, w = images.shape[:3]
+    tops, lefts, heights, widths = _crop_boxes(rng, n, h, w)
+    y0, y1, fy = _sample_grid(tops, heights, size)
+    x0, x1, fx = _sample_grid(lefts, widths, size)
+    flips = rng.random(n) < 0.5
+    x0[flips], x1[flips], fx[flips] = x0[flips, ::-1], x1[flips, ::-1], fx[flips, ::-1]
+    batch = np.arange(n)[:, None, None]
+    fy, fx = fy[:, :, None, None], fx[:, None, :, None]
+
+    def rows(y):
+        y = y[:, :, None]
+        return images[batch, y, x0[:, None, :]] * (1 - fx) + images[batch, y, x1[:, None, :]] * fx
+
+    return (rows(y0) * (1 - fy) + rows(y1) * fy).astype(np.float32, copy=False)

@@ -61,8 +61,7 @@ def build_data(cfg, seed, num_shards=1, shard_id=0, strong_views=0):
     else:
         raise ValueError(f"unknown data.normalize {d.normalize!r}; use source, imagenet or none")
     train_tf = build_transform(d.train_transform, d.image_size, d.channels, mean, std)
-    eval_tf = build_transform("center_crop" if d.train_transform == "flip_crop" else "none",
-                              d.image_size, d.channels, mean, std)
+    eval_tf = train_tf  # every transform is deterministic when called with rng=None (e.g. centre crop)
     strong_tf = build_transform(d.strong_transform, d.image_size, d.channels, mean, std)
     streams = [BatchStream(dom, d.batch_size, seed, sid, train_tf, strong_tf, num_shards, shard_id,
                            getattr(dom, "batch_loader", None), strong_views)
