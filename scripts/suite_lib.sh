@@ -1,15 +1,47 @@
 # Shared by scripts/run_*.sh: run METHODS x TASKS x SEEDS, skip finished runs, resume half-done
 # ones, then print a Markdown table. Expects SUITE, CONFIG_DIR, and defaults for METHODS/TASKS.
 # Environment: SEEDS ("0 1 2"), METHODS, TASKS, RUNS (runs/<suite>), OPTS (extra --opt overrides),
-# DEVICE (auto|Ascend|GPU|CPU), DISTRIBUTE (number of cards; >1 launches through msrun), PYTHON.
+# DEVICE (auto|Ascend|GPU|CPU), DISTRIBUTE (number of cards; >1 launches through msrun), PYTHON;
+# image-file suites (image_suite below) also DATA_ROOT and SMOKE. Relative paths are from the repo root.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python}
 SEEDS=${SEEDS:-"0 1 2"}
-RUNS=${RUNS:-runs/$SUITE}
+SMOKE=${SMOKE:-0}
+if [ "$SMOKE" = 1 ]; then RUNS=${RUNS:-runs/${SUITE}_smoke}; else RUNS=${RUNS:-runs/$SUITE}; fi
 DEVICE=${DEVICE:-auto}
 DISTRIBUTE=${DISTRIBUTE:-1}
 OPTS=${OPTS:-}
+EXTRA_OPTS=()  # overrides a suite script adds (image_suite); OPTS comes after them and wins
+
+# Image-file suites (Office-31, ImageCLEF-DA) train the ImageNet-pretrained ResNet-50 of
+# configs/_base_/models/resnet50_da.yaml on the tree at DATA_ROOT. SMOKE=1 trains instead a random-init
+# ResNet-18 at 32 x 32 for 3 iterations on whatever tree DATA_ROOT holds (the tests use it; also a quick check
+# of an install): no weights needed, numbers meaningless, runs kept apart in runs/<suite>_smoke.
+PRETRAINED=data/pretrained/resnet50_imagenet.ckpt
+SMOKE_OPTS=(model.pretrained=null model.backbone=resnet18 data.resize_size=40 data.image_size=32 data.batch_size=4
+            data.source.verify_counts=false data.target.verify_counts=false data.num_workers=1
+            train.iters=3 train.log_every=3 train.eval_every=3 train.ckpt_every=3)
+
+image_suite() {  # "<dataset name>" "<what goes under DATA_ROOT>": check data and weights, set EXTRA_OPTS
+    if [ -z "$(ls -A "$DATA_ROOT" 2>/dev/null)" ]; then
+        local msg="error: $1 not found at $DATA_ROOT: put $2 there (a manual download, see README \"Office-31 and"
+        msg="$msg ImageCLEF-DA\") or point DATA_ROOT at your copy"
+        if [ "$SMOKE" != 1 ]; then
+            msg="$msg; the runs also need the ImageNet weights at $PRETRAINED:"
+            msg="$msg python tools/convert_torchvision.py resnet50-0676ba61.pth $PRETRAINED"
+        fi
+        echo "$msg" >&2; exit 1
+    fi
+    if [ "$SMOKE" != 1 ] && [[ " $OPTS " != *" model.pretrained="* ]] && [ ! -f "$PRETRAINED" ]; then
+        echo "error: ImageNet weights not found at $PRETRAINED: python tools/convert_torchvision.py" \
+             "resnet50-0676ba61.pth $PRETRAINED (torchvision's IMAGENET1K_V1 ResNet-50), or OPTS=\"model.pretrained=null\"" \
+             "for random init" >&2
+        exit 1
+    fi
+    EXTRA_OPTS=("data.source.root=$DATA_ROOT" "data.target.root=$DATA_ROOT")
+    if [ "$SMOKE" = 1 ]; then EXTRA_OPTS+=("${SMOKE_OPTS[@]}"); fi
+}
 
 run_one() {  # method task seed
     local config="$CONFIG_DIR/$1_$2.yaml" out="$RUNS/$1_$2/seed$3"
@@ -21,7 +53,7 @@ run_one() {  # method task seed
     fi
     echo "[run]  $1 $2 seed $3 -> $out"
     local args=(--config "$config" --device "$DEVICE" --resume auto --no-progress
-                --opt "train.seed=$3" "train.output_dir=$out" $OPTS)
+                --opt "train.seed=$3" "train.output_dir=$out" ${EXTRA_OPTS[@]+"${EXTRA_OPTS[@]}"} $OPTS)
     if [ "$DISTRIBUTE" -gt 1 ]; then
         bash scripts/run_distributed.sh "$DISTRIBUTE" "${args[@]}"
     else

@@ -21,9 +21,8 @@ def write_jpeg(path, value):
     Image.new("RGB", (40, 30), colour).save(path, quality=95)
 
 
-@pytest.fixture(scope="module")
-def office_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("office31")
+def make_office31_tree(root):
+    """``<root>/<domain>/images/<class>/*.jpg``: PER_CLASS images of each of the 31 classes in A, D, W."""
     for d, domain in enumerate(("amazon", "dslr", "webcam")):
         for c, cls in enumerate(OFFICE31.classes):
             for k in range(PER_CLASS):
@@ -31,20 +30,29 @@ def office_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def clef_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imageclef")
-    lines = {"b": [], "c": []}
-    for domain in lines:
+def make_imageclef_tree(root, list_files):
+    """``<root>/<domain>/<c>/*.jpg`` (PER_CLASS per class) with one TLlib list per domain,
+    ``list_files = {domain: list path relative to root}``."""
+    for domain, list_file in list_files.items():
+        lines = []
         for c in range(len(IMAGECLEF.classes)):
             for k in range(PER_CLASS):
                 rel = f"{domain}/{c}/img_{c}_{k}.jpg"
                 write_jpeg(root / rel, 5 * c + k)
-                lines[domain].append(f"{rel} {c}")
-    (root / "list").mkdir()
-    (root / "list" / "bList.txt").write_text("\n".join(lines["b"]) + "\n")
-    (root / "c_list.txt").write_text("\n".join(lines["c"]) + "\n")
+                lines.append(f"{rel} {c}")
+        (root / list_file).parent.mkdir(parents=True, exist_ok=True)
+        (root / list_file).write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def office_root(tmp_path_factory):
+    return make_office31_tree(tmp_path_factory.mktemp("office31"))
+
+
+@pytest.fixture(scope="module")
+def clef_root(tmp_path_factory):
+    return make_imageclef_tree(tmp_path_factory.mktemp("imageclef"), {"b": "list/bList.txt", "c": "c_list.txt"})
 
 
 def data_cfg(**kw):
