@@ -2,18 +2,24 @@
 from mindspore import nn
 
 from engine.registry import BACKBONES
+from models.cnsn import build_plugin
 
 
 @BACKBONES.register("lenet")
 class LeNet(nn.Cell):
-    """Returns 100-d features; the classifier head (fc10) lives in :class:`models.classifier.Classifier`."""
+    """Returns 100-d features; the classifier head (fc10) lives in :class:`models.classifier.Classifier`.
 
-    def __init__(self, in_channels=3, image_size=28, feature_dim=100):
+    ``norm_plugins`` (``model.norm_plugins``) inserts CrossNorm/SelfNorm cells after the first
+    conv block ("after_stem", 32 channels) and/or the second ("in_block", 48 channels).
+    """
+
+    def __init__(self, in_channels=3, image_size=28, feature_dim=100, norm_plugins=None):
         super().__init__()
-        self.conv = nn.SequentialCell(
-            nn.Conv2d(in_channels, 32, 5, pad_mode="valid", has_bias=True), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Conv2d(32, 48, 5, pad_mode="valid", has_bias=True), nn.ReLU(), nn.MaxPool2d(2, 2),
-        )
+        layers = [nn.Conv2d(in_channels, 32, 5, pad_mode="valid", has_bias=True), nn.ReLU(), nn.MaxPool2d(2, 2),
+                  build_plugin(norm_plugins, 32, "after_stem"),
+                  nn.Conv2d(32, 48, 5, pad_mode="valid", has_bias=True), nn.ReLU(), nn.MaxPool2d(2, 2),
+                  build_plugin(norm_plugins, 48, "in_block")]
+        self.conv = nn.SequentialCell([layer for layer in layers if layer is not None])
         side = ((image_size - 4) // 2 - 4) // 2
         if side < 1:
             raise ValueError(f"lenet needs image_size >= 16, got {image_size}")
