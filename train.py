@@ -1,6 +1,7 @@
 """Train any method of the repo from a YAML config.
 
     python train.py --config configs/digits/dann_optdigits.yaml [--opt train.seed=2 optim.lr=0.02]
+    bash scripts/run_distributed.sh 8 configs/digits/dann_optdigits.yaml   # 8 cards, msrun data parallel
 """
 import argparse
 import os
@@ -18,7 +19,9 @@ def parse_args(argv=None):
     parser.add_argument("--mode", default="graph", choices=("graph", "pynative"), help="pynative for debugging")
     parser.add_argument("--resume", default=None, choices=("auto",),
                         help="continue the run in train.output_dir from its last checkpoint")
-    parser.add_argument("--distribute", action="store_true", help="data parallel over the msrun workers")
+    parser.add_argument("--distribute", action="store_true",
+                        help="data parallel over the msrun workers (scripts/run_distributed.sh adds it); "
+                             "data.batch_size is per card, the global batch is batch_size x cards")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs still written)")
     return parser.parse_args(argv)
@@ -43,10 +46,13 @@ def main(argv=None):
     from engine.runtime import init_mindspore
     from engine.checkpoint import CheckpointError
     from engine.trainer import RunDirError, Trainer, TrainingDiverged
-    from engine.distributed import init_distributed
+    from engine.distributed import DistributedError, init_distributed
 
     device = init_mindspore(args.device, args.mode, cfg.train.seed)
-    rank, group_size = init_distributed(args.distribute)
+    try:
+        rank, group_size = init_distributed(args.distribute)
+    except DistributedError as err:
+        sys.exit(f"error: {err}")
     run_dir = resolve_run_dir(cfg)
     trainer = Trainer(cfg, run_dir, resume=args.resume == "auto", rank=rank, group_size=group_size,
                       show_progress=not args.no_progress and sys.stderr.isatty())

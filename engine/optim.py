@@ -1,7 +1,13 @@
-"""Optimizers with per-group learning-rate multipliers and in-graph LR schedules."""
+"""Optimizers with per-group learning-rate multipliers and in-graph LR schedules; mixed precision.
+
+Mixed precision (``train.amp_level``): :func:`apply_amp` casts the model in place and
+:func:`build_loss_scaler` gives each parameter group a dynamic loss scaler, which the training
+step (``engine.trainer.make_step``) uses to scale the loss and to skip updates that overflow.
+"""
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
+from mindspore.ops import functional as F
 
 
 class InverseDecayLR(LearningRateSchedule):
@@ -50,3 +56,75 @@ def _make_optimizer(groups, cfg_optim):
         return nn.Adam(param_groups, learning_rate=first_lr, beta1=beta1, beta2=beta2,
                        weight_decay=cfg_optim.weight_decay)
     raise ValueError(f"unknown optim.name {cfg_optim.name!r}; use sgd or adam")
+
+
+# --------------------------------------------------------------------------- mixed precision
+LOSS_SCALE_FACTOR, LOSS_SCALE_WINDOW = 2, 2000  # MindSpore's DynamicLossScaleManager defaults
+
+
+def apply_amp(model, level):
+    """Cast ``model`` in place for ``level`` (O0..O3); parameter names, ``lr_groups`` and checkpoints are unchanged.
+
+    O1: Conv/Dense layers (MindSpore's white list) compute in fp16, every other layer in fp32.
+    O2: everything in fp16 except BatchNorm/LayerNorm (MindSpore's black list), which stay fp32.
+    O3: everything in fp16. Parameters stay fp32 (cast in the graph) and the model's outputs
+    ``(logits, features)`` are cast back to fp32, so losses and discriminators run in fp32.
+    MindSpore's own ``amp.auto_mixed_precision`` wraps cells, which renames every parameter
+    (``model._backbone...``) and breaks checkpoints; this sets the same per-cell precisions
+    (``Cell.to_float``) without wrapping. One difference: a BatchNorm's fp32 output is cast to
+    fp16 by the next layer rather than by a wrapper.
+    """
+    from mindspore import amp
+
+    if level == "O0":
+        return model
+    if level == "O1":  # per layer: a white-list layer casts its inputs to fp16, every other layer to fp32
+        white = tuple(amp.get_white_list())
+        for _, cell in model.cells_and_names():
+            if not cell.name_cells():
+                cell.to_float(ms.float16 if isinstance(cell, white) else ms.float32)
+    elif level in ("O2", "O3"):
+        model.to_float(ms.float16)
+        if level == "O2":
+            black = tuple(amp.get_black_list())
+            for _, cell in model.cells_and_names():
+                if isinstance(cell, black):
+                    cell.to_float(ms.float32)
+    else:
+        raise ValueError(f"unknown amp level {level!r}; use O0, O1, O2 or O3")
+    return _fp32_outputs(model)
+
+
+def _fp32_outputs(cell):
+    """Make ``cell`` return fp32 outputs by giving it a subclass of its own class (names are kept)."""
+    base = type(cell)
+    if getattr(base, "_fp32_outputs", False):
+        return cell
+
+    def construct(self, *args):
+        return F.mixed_precision_cast(ms.float32, base.construct(self, *args))
+
+    cell.__class__ = type(base.__name__, (base,), {"construct": construct, "_fp32_outputs": True,
+                                                   "__module__": base.__module__})
+    return cell
+
+
+def build_loss_scaler(init_scale, group):
+    """A ``DynamicLossScaler`` whose Parameters are named after ``group`` (two can share one graph)."""
+    from mindspore.amp import DynamicLossScaler
+
+    if init_scale < 1:
+        raise ValueError(f"train.loss_scale must be >= 1 under mixed precision, got {init_scale}")
+    scaler = DynamicLossScaler(float(init_scale), LOSS_SCALE_FACTOR, LOSS_SCALE_WINDOW)
+    scaler.scale_value.name = f"{group}.loss_scale"
+    scaler.counter.name = f"{group}.loss_scale_counter"
+    return scaler
+
+
+class LossScaleState(nn.Cell):
+    """Holds a loss scaler's Parameters so checkpoints save and restore them with the optimizers."""
+
+    def __init__(self, scaler):
+        super().__init__(auto_prefix=False)
+        self.scale_value = scaler.scale_value
+        self.counter = scaler.counter

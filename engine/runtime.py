@@ -13,6 +13,7 @@ CPU_ENV_DEFAULTS = {
     "MS_DEV_HOST_BLOCKING_RUN": "1",
 }
 DEVICES = ("auto", "Ascend", "GPU", "CPU")
+AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
 
 
 def detect_device():
@@ -72,3 +73,19 @@ def seed_everything(seed):
     np.random.seed(seed)
     ms.set_seed(seed)
     ms.dataset.config.set_seed(seed)
+
+
+def resolve_amp_level(level, device=None):
+    """``train.amp_level`` -> O0..O3. ``auto`` is O2 on Ascend (fp16 cube units), O0 on GPU and CPU.
+
+    GPU stays fp32 by default so numbers match the fp32 reference runs; pass O1/O2 to use tensor cores.
+    """
+    if level not in AMP_LEVELS:
+        raise ValueError(f"train.amp_level must be one of {', '.join(AMP_LEVELS)}; got {level!r}")
+    if level != "auto":
+        return level
+    if device is None:
+        import mindspore as ms
+
+        device = ms.get_context("device_target")
+    return "O2" if device == "Ascend" else "O0"

@@ -8,13 +8,17 @@ import time
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, ops
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore.amp import all_finite
 
+from datasets.base import BatchStream
 from engine import checkpoint
 from engine.config import config_hash, dump_config
 from engine.data import build_data
-from engine.optim import build_optimizer
+from engine.distributed import ranks_agree
+from engine.optim import LossScaleState, apply_amp, build_loss_scaler, build_optimizer
 from engine.registry import METHODS, REGULARIZERS
+from engine.runtime import resolve_amp_level
 from models import create_model
 
 log = logging.getLogger("da")
@@ -47,28 +51,197 @@ def phase_optim(cfg_optim, phase):
     return from_dict(OptimCfg, {**dataclasses.asdict(cfg_optim), **phase.optim}, "optim.", f"phase {phase.name}")
 
 
-def make_step(phase, loss_cells, optimizers):
-    """One jitted function running, in order, a ``value_and_grad`` + update per parameter group."""
-    grad_fns = tuple(ms.value_and_grad(loss_cells[g], None, optimizers[g].parameters, has_aux=True)
-                     for g in phase.groups)
-    opts = tuple(optimizers[g] for g in phase.groups)
+def make_step(phase, loss_cells, optimizers, loss_scalers=None, group_size=1, grad_accum=1):
+    """The phase's training step ``step(batch, t) -> tuple of 0-d Tensors`` (``method.step_log_keys``).
 
-    def group_update(grad_fn, opt, batch, t):
-        (loss, aux), grads = grad_fn(batch, t)
-        return ops.depend((loss,) + aux, opt(grads))
+    One jitted function running, in order, a ``value_and_grad`` + update per parameter group.
+    The options (all off: the plain step) add to that same graph:
 
-    if len(grad_fns) == 1:
+    * ``group_size > 1`` (data parallel): each group's gradients are mean-all-reduced over the
+      ranks (``nn.DistributedGradReducer``) before its update, and so are the returned values,
+      so every rank logs, and checks for NaN, the numbers of the global batch;
+    * ``loss_scalers`` ``{group: DynamicLossScaler}`` (mixed precision): the loss is scaled, the
+      gradients unscaled and checked with ``all_finite``; an update that overflows is skipped
+      and the scale adjusted. One more output, True when a group overflowed this step;
+    * ``grad_accum = k > 1``: ``step`` takes a tuple of k micro-batches, see :class:`AccumStep`.
+    """
+    if grad_accum > 1:
+        return AccumStep(phase, loss_cells, optimizers, loss_scalers, group_size, grad_accum)
+    updates = tuple(GroupUpdate(loss_cells[g], optimizers[g], (loss_scalers or {}).get(g), group_size)
+                    for g in phase.groups)
+    finish = _log_reducer(group_size)
+    scaling = bool(loss_scalers)
+
+    if len(updates) == 1:
         @ms.jit
         def step(batch, t):
-            return group_update(grad_fns[0], opts[0], batch, t)
-    elif len(grad_fns) == 2:
+            outs, overflow = updates[0].run(batch, t)
+            return finish(outs, overflow, scaling)
+    elif len(updates) == 2:
         @ms.jit
         def step(batch, t):
-            first = group_update(grad_fns[0], opts[0], batch, t)
-            return first + group_update(grad_fns[1], opts[1], batch, t)
+            first, overflow_1 = updates[0].run(batch, t)
+            second, overflow_2 = updates[1].run(batch, t)
+            return finish(first + second, _any(overflow_1, overflow_2, scaling), scaling)
     else:  # pragma: no cover - no method has more than two groups yet
         raise NotImplementedError("steps with more than two parameter groups")
     return step
+
+
+@ms.jit_class
+class GroupUpdate:
+    """One parameter group's ``loss -> gradients -> (all-reduce) -> (unscale, overflow check) -> update``.
+
+    Its methods run inside the caller's ``@jit``; ``None`` members are compile-time constants.
+    """
+
+    def __init__(self, loss_cell, optimizer, scaler=None, group_size=1):
+        self.opt, self.scaler = optimizer, scaler
+        self.reducer = nn.DistributedGradReducer(optimizer.parameters, True, group_size) if group_size > 1 else None
+        if scaler is None:
+            self.grad_fn = ms.value_and_grad(loss_cell, None, optimizer.parameters, has_aux=True)
+        else:
+            def scaled_loss(batch, t):
+                loss, aux = loss_cell(batch, t)
+                return scaler.scale(loss), (loss,) + aux
+
+            self.grad_fn = ms.value_and_grad(scaled_loss, None, optimizer.parameters, has_aux=True)
+
+    def grads(self, batch, t):
+        """``((loss,) + aux, gradients)``; the gradients are those of the scaled loss under a scaler."""
+        (loss, aux), grads = self.grad_fn(batch, t)
+        if self.scaler is None:
+            return (loss,) + aux, grads
+        return aux, grads
+
+    def apply(self, grads, outs):
+        """Updates the parameters; returns ``(outs after the update, overflow flag or None)``."""
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+        if self.scaler is None:
+            return ops.depend(outs, self.opt(grads)), None
+        grads = self.scaler.unscale(grads)
+        finite = all_finite(grads)
+        if finite:
+            outs = ops.depend(outs, self.opt(grads))
+        self.scaler.adjust(finite)
+        return outs, ops.logical_not(finite)
+
+    def run(self, batch, t):
+        outs, grads = self.grads(batch, t)
+        return self.apply(grads, outs)
+
+
+def _any(flag_1, flag_2, scaling):
+    return ops.logical_or(flag_1, flag_2) if scaling else None
+
+
+def _log_reducer(group_size):
+    """``finish(outs, overflow, scaling)``: outs mean-all-reduced over ranks, plus the overflow flag."""
+    allreduce = ops.AllReduce() if group_size > 1 else None
+
+    def finish(outs, overflow, scaling):
+        if allreduce is not None:
+            outs = ops.unstack(allreduce(ops.stack([v.astype(ms.float32) for v in outs])) / group_size)
+        if scaling:
+            return tuple(outs) + (overflow,)
+        return outs
+
+    return finish
+
+
+_accumulate_op = ops.MultitypeFuncGraph("accumulate")
+
+
+@_accumulate_op.register("Tensor", "Tensor", "Tensor")
+def _accumulate_grad(weight, buffer, grad):
+    return ops.assign_add(buffer, grad.astype(buffer.dtype) * weight)
+
+
+_zero_op = ops.MultitypeFuncGraph("zero")
+
+
+@_zero_op.register("Tensor", "Tensor")
+def _zero_buffer(after, buffer):
+    return ops.assign(buffer, ops.depend(ops.zeros_like(buffer), after))
+
+
+class AccumStep:
+    """Gradient accumulation: ``step((batch_1, ..., batch_k), t)`` makes one optimizer update per group.
+
+    Per group, in the phase's order: k calls of a jitted micro-step add ``grads / k`` to zeroed
+    Parameter buffers, then one jitted apply-step all-reduces (data parallel), unscales and
+    checks (mixed precision) and applies them, and zeroes the buffers. The update equals one
+    step on the k micro-batches joined (for losses that are batch means), and a later group
+    (ADDA's encoder) sees the earlier group's update, as in the fused step. Returns host floats:
+    the per-key mean over the micro-batches, then the overflow flag under loss scaling.
+    """
+
+    def __init__(self, phase, loss_cells, optimizers, loss_scalers, group_size, k):
+        self.scaling, self.k = bool(loss_scalers), k
+        finish = _log_reducer(group_size)
+        weight = Tensor(1.0 / k, ms.float32)
+        self.micro, self.apply = [], []
+        for g in phase.groups:
+            update = GroupUpdate(loss_cells[g], optimizers[g], (loss_scalers or {}).get(g), group_size)
+            buffers = ParameterTuple([Parameter(Tensor(np.zeros(p.shape, np.float32)), requires_grad=False,
+                                                name=f"{g}.grad_accum.{p.name}") for p in optimizers[g].parameters])
+            self.micro.append(self._micro(update, buffers, weight, finish))
+            self.apply.append(self._apply(update, buffers))
+
+    @staticmethod
+    def _micro(update, buffers, weight, finish):
+        accumulate = ops.HyperMap()
+
+        @ms.jit
+        def micro(batch, t):
+            outs, grads = update.grads(batch, t)
+            outs = ops.depend(outs, accumulate(ops.partial(_accumulate_op, weight), buffers, grads))
+            return finish(outs, None, False)
+
+        return micro
+
+    def _apply(self, update, buffers):
+        zero = ops.HyperMap()
+        scaling = self.scaling
+
+        @ms.jit
+        def apply():
+            grads = tuple(buffers)
+            outs, overflow = update.apply(grads, ops.zeros((), ms.float32))
+            outs = ops.depend(outs, zero(ops.partial(_zero_op, outs), buffers))
+            if scaling:  # the zeroing must reach the output, or the graph drops it
+                return ops.depend(overflow, outs)
+            return outs
+
+        return apply
+
+    def __call__(self, batches, t):
+        if len(batches) != self.k:
+            raise ValueError(f"expected {self.k} micro-batches (train.grad_accum), got {len(batches)}")
+        values, overflow = [], False
+        for micro, apply in zip(self.micro, self.apply):
+            outs = [[float(v.asnumpy()) for v in micro(batch, t)] for batch in batches]
+            values += [float(v) for v in np.mean(outs, axis=0)]
+            flag = apply()
+            overflow = overflow or (self.scaling and bool(flag.asnumpy()))
+        return tuple(values) + ((overflow,) if self.scaling else ())
+
+
+def micro_streams(data, k, rank):
+    """``[(source, target)]`` batch streams for the k micro-batches of an update on ``rank``.
+
+    ``data`` was built with ``num_shards = cards x k``: micro-batch j of rank r reads virtual shard
+    ``r * k + j``, so k-step accumulation on n cards reads exactly the batches n x k cards would.
+    """
+    if k == 1:
+        return [(data.source, data.target)]
+    return [tuple(_reshard(stream, rank * k + j) for stream in (data.source, data.target)) for j in range(k)]
+
+
+def _reshard(stream, shard_id):
+    return BatchStream(stream.domain, stream.batch_size, stream.seed, stream.stream_id, stream.transform,
+                       stream.strong, stream.num_shards, shard_id, stream.loader, stream.strong_views)
 
 
 def predict(model, x):
@@ -93,6 +266,15 @@ def evaluate(model, domain, transform, batch_size, loader=None):
     return {"acc": float((preds == labels).mean()), "per_class": per_class, "n": int(len(labels))}
 
 
+def ckpt_state(optimizers, scalers):
+    """What a checkpoint saves besides the network: optimizer state, and loss scales under amp."""
+    return {**optimizers, **{f"{g}.loss_scale": LossScaleState(s) for g, s in scalers.items()}}
+
+
+def _host_float(value):
+    return float(value.asnumpy()) if isinstance(value, Tensor) else float(value)
+
+
 class Trainer:
     def __init__(self, cfg, run_dir, resume=False, rank=0, group_size=1, show_progress=True):
         self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
@@ -101,6 +283,7 @@ class Trainer:
         self.show_progress = show_progress and self.is_main
         self.hash = config_hash(cfg)
         self.ckpt_path = os.path.join(run_dir, LAST_CKPT)
+        self.streams = None  # [(source, target)] per micro-batch, set by fit()
 
     # ------------------------------------------------------------------ run directory
     def prepare_run_dir(self):
@@ -113,17 +296,19 @@ class Trainer:
         if has_ckpt and not self.resume:
             raise RunDirError(f"{self.run_dir} holds an unfinished run; pass --resume auto to continue it "
                               "or choose another train.output_dir")
+        saved = os.path.join(self.run_dir, CONFIG_FILE)
+        if has_ckpt and os.path.isfile(saved):  # every rank checks (read only), so all stop together
+            with open(saved, encoding="utf-8") as handle:
+                first = handle.readline()
+            if self.hash not in first:
+                raise RunDirError(f"{self.run_dir} was started with a different config ({first.strip()}); "
+                                  "resume with the same config or choose another train.output_dir")
         if self.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
-            saved = os.path.join(self.run_dir, CONFIG_FILE)
-            if has_ckpt and os.path.isfile(saved):
-                with open(saved, encoding="utf-8") as handle:
-                    first = handle.readline()
-                if self.hash not in first:
-                    raise RunDirError(f"{self.run_dir} was started with a different config ({first.strip()}); "
-                                      "resume with the same config or choose another train.output_dir")
-            with open(saved, "w", encoding="utf-8") as handle:
+            tmp = f"{saved}.tmp{os.getpid()}"  # replaced atomically: other ranks may be reading it
+            with open(tmp, "w", encoding="utf-8") as handle:
                 handle.write(f"# config_hash: {self.hash}\n{dump_config(self.cfg)}")
+            os.replace(tmp, saved)
             self._setup_logging()
         return self.ckpt_path if has_ckpt else None
 
@@ -143,33 +328,49 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def fit(self):
         cfg = self.cfg
+        amp_level = resolve_amp_level(cfg.train.amp_level)
+        k = cfg.train.grad_accum
+        if k < 1:
+            raise ValueError(f"train.grad_accum must be >= 1 (micro-batches per update), got {k}")
+        if amp_level != "O0" and cfg.train.loss_scale < 1:
+            raise ValueError(f"train.loss_scale must be >= 1 under amp {amp_level}, got {cfg.train.loss_scale}")
         resume_from = self.prepare_run_dir()
-        if resume_from is not None and os.path.isfile(os.path.join(self.run_dir, RESULTS)):
-            with open(os.path.join(self.run_dir, RESULTS), encoding="utf-8") as handle:
-                return json.load(handle)
-        method = build_method(cfg)
-        data = build_data(cfg, cfg.train.seed, self.group_size, self.rank, method.strong_views)
-        method.set_train(True)
-        phases = method.phases()
+        finished = resume_from is not None and os.path.isfile(os.path.join(self.run_dir, RESULTS))
         start_phase, start_iter = 0, 0
-        meta = {}
         if resume_from is not None:
             meta = checkpoint.read(resume_from)[1]
             start_phase, start_iter = int(meta.get("phase", 0)), int(meta.get("iter", 0))
+        if not ranks_agree([finished, start_phase, start_iter], self.group_size):
+            raise RunDirError(f"the {self.group_size} ranks see different checkpoints in {self.run_dir}; on several "
+                              "nodes train.output_dir must be on storage that every node shares")
+        if finished:
+            with open(os.path.join(self.run_dir, RESULTS), encoding="utf-8") as handle:
+                return json.load(handle)
+        method = build_method(cfg)
+        apply_amp(method.model, amp_level)
+        # every rank reads its own shard; with accumulation each micro-batch is a shard of its own
+        data = build_data(cfg, cfg.train.seed, self.group_size * k, self.rank * k, method.strong_views)
+        self.streams = micro_streams(data, k, self.rank)
+        method.set_train(True)
+        phases = method.phases()
+        if resume_from is not None:
             log.info("resuming %s at phase %d iteration %d", resume_from, start_phase, start_iter)
+        log.info("%d card(s) x %d per domain x %d accumulation step(s) = global batch %d; amp %s",
+                 self.group_size, cfg.data.batch_size, k, self.group_size * cfg.data.batch_size * k, amp_level)
         history, started = [], time.time()
         for phase_idx, phase in enumerate(phases):
             if phase_idx < start_phase:
                 continue
             groups = method.param_groups(phase)
             optimizers = {g: build_optimizer(groups[g], phase_optim(cfg.optim, phase), g) for g in phase.groups}
+            scalers = {} if amp_level == "O0" else {g: build_loss_scaler(cfg.train.loss_scale, g) for g in phase.groups}
             first = 0
             if resume_from is not None and phase_idx == start_phase:
-                checkpoint.load(resume_from, method, optimizers)
+                checkpoint.load(resume_from, method, ckpt_state(optimizers, scalers))
                 first = start_iter
             else:
                 method.start_phase(phase)
-            history += self.run_phase(method, phase, phase_idx, optimizers, data, first)
+            history += self.run_phase(method, phase, phase_idx, optimizers, data, first, scalers)
         final = self.final_results(method, data, history, time.time() - started)
         if self.is_main:
             checkpoint.save(self.ckpt_path, method, {}, iter=phases[-1].iters, phase=len(phases),
@@ -180,58 +381,87 @@ class Trainer:
             os.replace(tmp, os.path.join(self.run_dir, RESULTS))
         return final
 
-    def make_batch(self, method, data, it):
-        x_s, y_s, *s_strong = data.source.batch(it)
-        x_t, _unused_target_labels, *t_strong = data.target.batch(it)
+    def make_batch(self, method, data, it, micro=0):
+        """The batch dict of iteration ``it`` (micro-batch ``micro`` of it under gradient accumulation)."""
+        source, target = self.streams[micro] if self.streams else (data.source, data.target)
+        x_s, y_s, *s_strong = source.batch(it)
+        x_t, _unused_target_labels, *t_strong = target.batch(it)
         batch = {"x_s": x_s, "y_s": y_s.astype(np.int32), "x_t": x_t}
         if method.strong_views:
             batch["x_s_strong"], batch["x_t_strong"] = s_strong[0], t_strong[0]
-        rng = np.random.default_rng([self.cfg.train.seed, 7, it, self.rank])
+        shard = self.rank * self.cfg.train.grad_accum + micro
+        rng = np.random.default_rng([self.cfg.train.seed, 7, it, shard])
         batch.update(method.host_random(rng, x_s.shape[0]))
         # mutable: a dict input would otherwise be folded into the graph as a constant and recompile
         return ms.mutable({k: Tensor(v) for k, v in batch.items()})
 
-    def run_phase(self, method, phase, phase_idx, optimizers, data, first):
+    def step_input(self, method, data, it):
+        k = self.cfg.train.grad_accum
+        if k == 1:
+            return self.make_batch(method, data, it)
+        return tuple(self.make_batch(method, data, it, j) for j in range(k))
+
+    def run_phase(self, method, phase, phase_idx, optimizers, data, first, scalers=None):
         cfg = self.cfg.train
-        step = make_step(phase, method.loss_cells(phase), optimizers)
+        scalers = scalers or {}
+        step = make_step(phase, method.loss_cells(phase), optimizers, scalers, self.group_size, cfg.grad_accum)
         keys = method.step_log_keys(phase)
-        history, window, tick = [], [], time.time()
+        max_overflows = int(math.log2(max(cfg.loss_scale, 1.0))) + 20  # the scale reaches 1, then 20 more
+        history, window, tick, since, overflows, in_a_row = [], [], time.time(), 0, 0, 0
         bar = None
         if self.show_progress:
             from tqdm import tqdm
 
             bar = tqdm(total=phase.iters, initial=first, desc=phase.name, dynamic_ncols=True, leave=False)
-        for it in range(first, phase.iters):
-            batch = self.make_batch(method, data, it)
-            out = step(batch, Tensor(it / phase.iters, ms.float32))
-            values = [float(v.asnumpy()) for v in out]
-            if not all(math.isfinite(v) for v in values):
-                bad = keys[[math.isfinite(v) for v in values].index(False)]
-                self.diverged(f"{bad} became NaN/Inf at {phase.name} iteration {it}")
-            window.append(values)
+        for it in range(first, phase.iters):  # one iteration = one optimizer update per group
+            out = step(self.step_input(method, data, it), Tensor(it / phase.iters, ms.float32))
+            values = [_host_float(v) for v in out]
+            overflow = bool(scalers) and values.pop() > 0
+            since += 1
+            if overflow:  # the update was skipped and the loss scale lowered: not a divergence
+                overflows, in_a_row = overflows + 1, in_a_row + 1
+                if in_a_row > max_overflows:
+                    self.diverged(f"gradients overflowed {in_a_row} updates in a row (loss scale "
+                                  f"{self.loss_scale(scalers):g}) at {phase.name} iteration {it} under "
+                                  "mixed precision (train.amp_level=O0 turns it off)")
+            else:
+                in_a_row = 0
+                if not all(math.isfinite(v) for v in values):
+                    bad = keys[[math.isfinite(v) for v in values].index(False)]
+                    self.diverged(f"{bad} became NaN/Inf at {phase.name} iteration {it}")
+                window.append(values)
             done = it + 1
             if bar is not None:
                 bar.update(1)
-                if done % 10 == 0:
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in zip(keys[:4], values[:4])})
+                if done % 10 == 0 and window:
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in zip(keys[:4], window[-1][:4])})
             if done % cfg.log_every == 0 or done == phase.iters:
-                mean = np.mean(window, axis=0)
-                rec = {"phase": phase.name, "iter": done, **{k: float(v) for k, v in zip(keys, mean)},
-                       "sec_per_iter": (time.time() - tick) / len(window)}
-                window, tick = [], time.time()
+                rec = {"phase": phase.name, "iter": done}
+                if window:
+                    rec.update({k: float(v) for k, v in zip(keys, np.mean(window, axis=0))})
+                rec["sec_per_iter"] = (time.time() - tick) / since
+                if scalers:
+                    rec.update(overflow_steps=overflows, loss_scale=self.loss_scale(scalers))
+                window, tick, since, overflows = [], time.time(), 0, 0
                 if done % cfg.eval_every == 0 or done == phase.iters:
                     rec.update(self.eval_record(method, data))
                     history.append(rec)
                 self.write_metrics(rec)
                 log.info(json.dumps(rec))
-            if self.is_main and (done % cfg.ckpt_every == 0 or done == phase.iters):
+            if done % cfg.ckpt_every == 0 or done == phase.iters:
+                # every rank checks (the parameters are the same on all), so all stop together
                 if not all(np.isfinite(p.asnumpy()).all() for p in method.trainable_params()):
                     self.diverged(f"parameters became NaN/Inf at {phase.name} iteration {done}")
-                checkpoint.save(self.ckpt_path, method, optimizers, iter=done, phase=phase_idx,
-                                cfg_hash=self.hash, finished=False, seed=self.cfg.train.seed)
+                if self.is_main:
+                    checkpoint.save(self.ckpt_path, method, ckpt_state(optimizers, scalers), iter=done,
+                                    phase=phase_idx, cfg_hash=self.hash, finished=False, seed=self.cfg.train.seed)
         if bar is not None:
             bar.close()
         return history
+
+    @staticmethod
+    def loss_scale(scalers):
+        return min(float(s.scale_value.asnumpy()) for s in scalers.values())
 
     def diverged(self, what):
         if os.path.isfile(self.ckpt_path):
