@@ -57,6 +57,8 @@ def torch_step(method_name, x_s, y_s, x_t):
     import torch
     from torch import nn
 
+    from tools.torch_reference import GradientReverse
+
     class LeNet(nn.Module):
         def __init__(self):
             super().__init__()
@@ -68,16 +70,6 @@ def torch_step(method_name, x_s, y_s, x_t):
         def forward(self, x):
             f = self.fc(self.conv(x))
             return self.head(f), f
-
-    class Reverse(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, coeff):
-            ctx.coeff = coeff
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, grad):
-            return -ctx.coeff * grad, None
 
     model = LeNet()
     disc = nn.Sequential(nn.Linear(100, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1))
@@ -92,7 +84,7 @@ def torch_step(method_name, x_s, y_s, x_t):
         if method_name == "dann":
             g, f = model(torch.cat([xs, xt]))
             loss = nn.functional.cross_entropy(g[:n], ys)
-            d = disc(Reverse.apply(f, 0.99)).squeeze(-1)
+            d = disc(GradientReverse.apply(f, 0.99)).squeeze(-1)
             loss = loss + nn.functional.binary_cross_entropy_with_logits(d, domain)
         else:
             g, _ = model(xs)

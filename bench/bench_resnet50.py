@@ -96,65 +96,11 @@ def torch_step(args, batch):
     import torch
     from torch import nn
 
-    class Bottleneck(nn.Module):
-        expansion = 4
-
-        def __init__(self, inplanes, planes, stride=1, downsample=None):
-            super().__init__()
-            self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-            self.bn3 = nn.BatchNorm2d(planes * 4)
-            self.relu = nn.ReLU(inplace=True)
-            self.downsample = downsample
-
-        def forward(self, x):
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.relu(self.bn2(self.conv2(out)))
-            return self.relu(self.bn3(self.conv3(out)) + identity)
-
-    class ResNet50(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inplanes = 64
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.relu = nn.ReLU(inplace=True)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            self.layer1 = self._make_layer(64, 3, 1)
-            self.layer2 = self._make_layer(128, 4, 2)
-            self.layer3 = self._make_layer(256, 6, 2)
-            self.layer4 = self._make_layer(512, 3, 2)
-
-        def _make_layer(self, planes, blocks, stride):
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False),
-                                       nn.BatchNorm2d(planes * 4))
-            layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
-            self.inplanes = planes * 4
-            layers += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
-            return nn.Sequential(*layers)
-
-        def forward(self, x):
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return x.mean((2, 3))
-
-    class GradientReverse(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, coeff):
-            ctx.coeff = coeff
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, grad):
-            return -ctx.coeff * grad, None
+    from tools.torch_reference import Bottleneck, GradientReverse, ResNet
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    backbone = ResNet50()
+    backbone = ResNet(Bottleneck, (3, 4, 6, 3))  # ResNet-50, pooled 2048-d features (no fc)
     bottleneck = nn.Sequential(nn.Linear(2048, args.bottleneck), nn.BatchNorm1d(args.bottleneck), nn.ReLU())
     head = nn.Linear(args.bottleneck, args.classes)
     disc = nn.Sequential(nn.Linear(args.bottleneck, 1024), nn.BatchNorm1d(1024), nn.ReLU(),
