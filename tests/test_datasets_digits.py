@@ -215,11 +215,13 @@ def test_dtn_forward_graph_mode():
     assert out.shape == (2, 512) and net.out_features == 512
 
 
-def test_dtn_rejects_norm_plugins():
+def test_dtn_takes_norm_plugins_after_its_first_two_blocks():
+    import models.cnsn
     import models.dtn
 
-    with pytest.raises(NotImplementedError, match="norm_plugins"):
-        models.dtn.DTN(norm_plugins={"crossnorm": {}})
+    net = models.dtn.DTN(norm_plugins={"selfnorm": True, "positions": ["after_stem", "in_block"]})
+    selfnorms = [name for name, cell in net.cells_and_names() if isinstance(cell, models.cnsn.SelfNorm)]
+    assert len(selfnorms) == 2, selfnorms
 
 
 def test_registered_names():
