@@ -23,9 +23,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from engine.registry import METHODS
-from losses.base import Method
-from losses.dann import DannParams, build_domain_adversary
-from models.modules import grl_coefficient
+from losses.dann import DANN, DannParams, build_domain_adversary
 
 
 @dataclass
@@ -126,19 +124,12 @@ def build_conditional_adversary(params, features_dim, num_classes, seed=0):
 
 @METHODS.register("cdan_e", params=CdanEParams)
 @METHODS.register("cdan", params=CdanParams)
-class CDAN(Method):
-    log_keys = Method.log_keys + ("transfer", "d_acc", "grl")
-    uses_target = True
+class CDAN(DANN):
+    """DANN whose discriminator sees the features conditioned on the predictions."""
 
-    def __init__(self, params, model, regularizers=(), num_classes=10, train_cfg=None, model_factory=None):
-        super().__init__(params, model, regularizers, num_classes, train_cfg, model_factory)
+    def build_adversary(self, params, features_dim, num_classes, train_cfg):
         seed = train_cfg.seed if train_cfg is not None else 0
-        self.adversary = build_conditional_adversary(params, model.features_dim, num_classes, seed)
+        return build_conditional_adversary(params, features_dim, num_classes, seed)
 
-    def extra_params(self):
-        return self.adversary.trainable_params()
-
-    def align(self, g_s, f_s, g_t, f_t, t):
-        coeff = grl_coefficient(t, self.params.grl_alpha, self.params.grl_max)
-        transfer, d_acc = self.adversary(g_s, f_s, g_t, f_t, coeff)
-        return self.params.weight * transfer, (transfer, d_acc, coeff)
+    def adversary_loss(self, g_s, f_s, g_t, f_t, coeff):
+        return self.adversary(g_s, f_s, g_t, f_t, coeff)

@@ -68,12 +68,19 @@ class DANN(Method):
 
     def __init__(self, params, model, regularizers=(), num_classes=10, train_cfg=None, model_factory=None):
         super().__init__(params, model, regularizers, num_classes, train_cfg, model_factory)
-        self.adversary = build_domain_adversary(params, model.features_dim)
+        self.adversary = self.build_adversary(params, model.features_dim, num_classes, train_cfg)
+
+    def build_adversary(self, params, features_dim, num_classes, train_cfg):
+        """The GRL + discriminator loss cell; CDAN conditions it on the predictions."""
+        return build_domain_adversary(params, features_dim)
+
+    def adversary_loss(self, g_s, f_s, g_t, f_t, coeff):
+        return self.adversary(f_s, f_t, coeff)
 
     def extra_params(self):
         return self.adversary.trainable_params()
 
     def align(self, g_s, f_s, g_t, f_t, t):
         coeff = grl_coefficient(t, self.params.grl_alpha, self.params.grl_max)
-        transfer, d_acc = self.adversary(f_s, f_t, coeff)
+        transfer, d_acc = self.adversary_loss(g_s, f_s, g_t, f_t, coeff)
         return self.params.weight * transfer, (transfer, d_acc, coeff)
