@@ -10,6 +10,8 @@ permutations seeded by ``(seed, stream_id, epoch)`` and per-batch augmentation s
 ``(seed, stream_id, it)``. Resuming at iteration ``it`` therefore replays exactly the batches an
 uninterrupted run would have seen, and each data-parallel rank reads its own shard.
 """
+import copy
+
 import numpy as np
 
 
@@ -87,6 +89,12 @@ class BatchStream:
         self.loader = loader  # parallel image decoder for file-backed domains
         self.per_epoch = len(domain) // (batch_size * num_shards)
         self._perm_epoch, self._perm = None, None
+
+    def with_shard(self, shard_id):
+        """The same stream reading shard ``shard_id`` of every epoch (gradient accumulation)."""
+        other = copy.copy(self)
+        other.shard_id = shard_id
+        return other
 
     def indices(self, it):
         epoch, k = divmod(it, self.per_epoch)

@@ -11,7 +11,6 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.amp import all_finite
 
-from datasets.base import BatchStream
 from engine import checkpoint
 from engine.config import config_hash, dump_config
 from engine.data import build_data
@@ -236,12 +235,7 @@ def micro_streams(data, k, rank):
     """
     if k == 1:
         return [(data.source, data.target)]
-    return [tuple(_reshard(stream, rank * k + j) for stream in (data.source, data.target)) for j in range(k)]
-
-
-def _reshard(stream, shard_id):
-    return BatchStream(stream.domain, stream.batch_size, stream.seed, stream.stream_id, stream.transform,
-                       stream.strong, stream.num_shards, shard_id, stream.loader, stream.strong_views)
+    return [tuple(stream.with_shard(rank * k + j) for stream in (data.source, data.target)) for j in range(k)]
 
 
 def predict(model, x):
