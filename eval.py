@@ -1,12 +1,53 @@
-"""Evaluate a checkpoint on the target test split: overall and per-class accuracy.
+"""Evaluate a checkpoint on the target test split: accuracy (classification) or IoU/mIoU (segmentation).
 
     python eval.py --config runs/dann_optdigits/seed0/config.yaml --ckpt runs/dann_optdigits/seed0/last.ckpt [--json]
+    python eval.py --config runs/digitscenes/adaptsegnet_digitscenes/seed0/config.yaml \\
+        --ckpt runs/digitscenes/adaptsegnet_digitscenes/seed0/last.ckpt --save-predictions preds/
+
+The per-class table is printed and written to ``--out`` (default: ``eval_target.md`` beside the
+checkpoint). ``--save-predictions DIR`` writes each segmentation prediction as a colourised PNG
+(the dataset's palette; Cityscapes' official colours) named after the image.
 """
 import argparse
 import json
+import os
 import sys
 
 from engine.runtime import DEVICES, configure_cpu_env
+
+METRIC_NAMES = {"acc": "accuracy", "miou": "mIoU"}
+PER_CLASS_NAMES = {"acc": "accuracy", "miou": "IoU"}
+
+
+def format_report(report):
+    """Markdown: the headline number, then one row per class."""
+    metric = report["metric"]
+    lines = [f"{report['config']} @ iter {report['iter']} on {report['target']} test ({report['n']} images): "
+             f"{METRIC_NAMES.get(metric, metric)} {100 * report['score']:.2f}%", "",
+             f"| class | {PER_CLASS_NAMES.get(metric, metric)} (%) |", "|---|---|"]
+    lines += [f"| {name} | {100 * value:.2f} |" for name, value in report["per_class"].items()]
+    lines.append(f"| **{'mean' if metric == 'miou' else 'overall'}** | **{100 * report['score']:.2f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def prediction_writer(domain, out_dir):
+    """``on_batch(indices, predictions)`` saving colourised label maps as ``<out_dir>/<image name>.png``."""
+    from PIL import Image
+
+    from datasets.segmentation import colorize
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = getattr(domain, "image_paths", None)
+
+    def on_batch(indices, predictions):
+        if predictions.ndim != 3:
+            raise ValueError("--save-predictions writes segmentation maps; this config is a classification task")
+        for index, pred in zip(indices, predictions):
+            name = os.path.splitext(os.path.basename(paths[index]))[0] if paths else f"{index:05d}"
+            rgb = colorize(pred, domain.palette, getattr(domain, "ignore_index", 255))
+            Image.fromarray(rgb).save(os.path.join(out_dir, f"{name}.png"))
+
+    return on_batch
 
 
 def main(argv=None):
@@ -16,6 +57,10 @@ def main(argv=None):
     parser.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--out", default=None, help="write the per-class table here (default: eval_target.md "
+                                                    "beside the checkpoint)")
+    parser.add_argument("--save-predictions", default=None, metavar="DIR",
+                        help="segmentation: write colourised prediction PNGs into DIR")
     args = parser.parse_args(argv)
     configure_cpu_env(args.device)
     from engine.config import ConfigError, load_config
@@ -24,30 +69,33 @@ def main(argv=None):
         cfg = load_config(args.config, args.opt)
     except (ConfigError, KeyError) as err:
         sys.exit(f"error: {err.args[0]}")
+    from datasets.base import DatasetMissingError
     from engine import checkpoint
     from engine.data import build_data
+    from engine.evaluators import evaluate
     from engine.runtime import init_mindspore
-    from engine.trainer import build_method, evaluate
+    from engine.trainer import build_method
 
     device = init_mindspore(args.device, "graph", cfg.train.seed)
     try:
         method = build_method(cfg)
         meta = checkpoint.load(args.ckpt, method)
         data = build_data(cfg, cfg.train.seed)
-    except (checkpoint.CheckpointError, ValueError, KeyError) as err:
+        on_batch = prediction_writer(data.target_test, args.save_predictions) if args.save_predictions else None
+        result = evaluate(method.model, data.target_test, data.eval_transform, cfg.data.batch_size, data.loader,
+                          on_batch)
+    except (checkpoint.CheckpointError, DatasetMissingError, ValueError, KeyError) as err:
         sys.exit(f"error: {err.args[0]}")
-    result = evaluate(method.model, data.target_test, data.eval_transform, max(cfg.data.batch_size, 64), data.loader)
     report = {"config": cfg.name, "ckpt": args.ckpt, "device": device, "iter": meta.get("iter"),
               "target": cfg.data.target.name + (f"/{cfg.data.target.domain}" if cfg.data.target.domain else ""),
-              "target_acc": result["acc"], "n": result["n"],
-              "per_class": dict(zip(data.target_test.class_names, result["per_class"]))}
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(f"{report['config']} @ iter {report['iter']} on {report['target']} test ({report['n']} images): "
-              f"accuracy {100 * result['acc']:.2f}%")
-        for name, acc in report["per_class"].items():
-            print(f"  {name:>20s}  {100 * acc:6.2f}%")
+              "metric": result["metric"], "score": result["score"], f"target_{result['metric']}": result["score"],
+              "n": result["n"], "per_class": dict(zip(data.target_test.class_names, result["per_class"])),
+              **{f"target_{k}": v for k, v in result["extra"].items()}}
+    table = format_report(report)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "eval_target.md")
+    with open(out, "w", encoding="utf-8") as handle:
+        handle.write(table)
+    print(json.dumps(report) if args.json else table, end="" if not args.json else "\n")
     return report
 
 

@@ -27,6 +27,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+METRIC_NAMES = {"acc": "accuracy", "miou": "mIoU"}
+
+
 def resolve_run_dir(cfg):
     return cfg.train.output_dir.format(config_name=cfg.name, seed=cfg.train.seed, name=cfg.name)
 
@@ -47,6 +50,7 @@ def main(argv=None):
     from engine.checkpoint import CheckpointError
     from engine.trainer import RunDirError, Trainer, TrainingDiverged
     from engine.distributed import DistributedError, init_distributed
+    from datasets.base import DatasetMissingError
 
     device = init_mindspore(args.device, args.mode, cfg.train.seed)
     try:
@@ -58,12 +62,14 @@ def main(argv=None):
                       show_progress=not args.no_progress and sys.stderr.isatty())
     try:
         results = trainer.fit()
-    except (RunDirError, TrainingDiverged, CheckpointError, ValueError, KeyError) as err:
+    except (RunDirError, TrainingDiverged, CheckpointError, DatasetMissingError, ValueError, KeyError) as err:
         sys.exit(f"error: {err.args[0] if err.args else err}")
     if rank == 0:
-        extra = f"  (oracle, best on target test: {results['oracle_target_acc']:.4f})" if "oracle_target_acc" in results else ""
-        print(f"[{device}] {cfg.name} seed {cfg.train.seed}: target accuracy {results['target_acc']:.4f}"
-              f"{extra}  run dir: {run_dir}")
+        metric = results.get("metric", "acc")
+        key = f"target_{metric}"
+        extra = f"  (oracle, best on target test: {results['oracle_' + key]:.4f})" if "oracle_" + key in results else ""
+        print(f"[{device}] {cfg.name} seed {cfg.train.seed}: target {METRIC_NAMES.get(metric, metric)} "
+              f"{results[key]:.4f}{extra}  run dir: {run_dir}")
     return results
 
 

@@ -34,16 +34,14 @@ def mindspore_step(method_name, batch, x_s, y_s, x_t):
     from mindspore import Tensor
 
     from engine.config import load_config
-    from engine.optim import build_optimizer
-    from engine.trainer import build_method, make_step
+    from engine.trainer import build_method, build_phase_optimizers, make_step
 
     cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "digits", f"{method_name}_optdigits.yaml"),
                       [f"data.batch_size={batch}"])
     method = build_method(cfg)
     method.set_train(True)
     phase = method.phases()[0]
-    optimizers = {g: build_optimizer(method.param_groups(phase)[g], cfg.optim, g) for g in phase.groups}
-    step = make_step(phase, method.loss_cells(phase), optimizers)
+    step = make_step(phase, method.loss_cells(phase), build_phase_optimizers(cfg.optim, method, phase))
     data = ms.mutable({"x_s": Tensor(x_s), "y_s": Tensor(y_s), "x_t": Tensor(x_t)})
     t = Tensor(0.5, ms.float32)
 

@@ -69,9 +69,8 @@ def mindspore_step(args, batch):
     import losses  # noqa: F401  (registers dann)
     import models.resnet  # noqa: F401  (registers resnet50)
     from engine.config import Config, DataCfg, ModelCfg, OptimCfg
-    from engine.optim import build_optimizer
     from engine.runtime import init_mindspore
-    from engine.trainer import build_method, make_step
+    from engine.trainer import build_method, build_phase_optimizers, make_step
     from losses.dann import DannParams
 
     device = init_mindspore(args.device, "graph", seed=0)
@@ -83,9 +82,7 @@ def mindspore_step(args, batch):
     method = build_method(cfg)
     method.set_train(True)
     phase = method.phases()[0]
-    groups = method.param_groups(phase)
-    optimizers = {g: build_optimizer(groups[g], cfg.optim, g) for g in phase.groups}
-    step = make_step(phase, method.loss_cells(phase), optimizers)
+    step = make_step(phase, method.loss_cells(phase), build_phase_optimizers(cfg.optim, method, phase))
     inputs = ms.mutable({k: Tensor(v) for k, v in batch.items()})
     progress = Tensor(0.5, ms.float32)
     return device, lambda: float(step(inputs, progress)[0].asnumpy())

@@ -18,18 +18,28 @@ import engine  # noqa: E402,F401  (CPU runtime settings before MindSpore loads)
 
 
 def synthetic_batches(cfg, method, count=8):
-    """Random batches with the shapes and keys the config's step expects."""
+    """Random batches with the shapes and keys the config's step expects (label maps for segmenters)."""
     import numpy as np
     from mindspore import Tensor, mutable
 
+    from engine.registry import SEGMENTERS
+
     d, rng = cfg.data, np.random.default_rng(0)
-    shape = (d.batch_size, d.channels, d.image_size, d.image_size)
+    dense = cfg.model.backbone in SEGMENTERS
+
+    def image_shape(domain):  # (C, H, W); segmentation domains are resized to [w, h]
+        w, h = domain.resize if dense and domain.resize else (d.image_size, d.image_size)
+        return (d.channels, h, w)
+
+    shape_s, shape_t = image_shape(d.source), image_shape(d.target)
+    label_shape = (d.batch_size,) + shape_s[1:] if dense else (d.batch_size,)
     batches = []
     for _ in range(count):
-        batch = {"x_s": rng.normal(size=shape), "y_s": rng.integers(0, cfg.model.num_classes, d.batch_size),
-                 "x_t": rng.normal(size=shape)}
+        batch = {"x_s": rng.normal(size=(d.batch_size,) + shape_s),
+                 "y_s": rng.integers(0, cfg.model.num_classes, label_shape),
+                 "x_t": rng.normal(size=(d.batch_size,) + shape_t)}
         if method.strong_views:
-            views = (method.strong_views * d.batch_size,) + shape[1:]
+            views = (method.strong_views * d.batch_size,) + shape_s
             batch["x_s_strong"], batch["x_t_strong"] = rng.normal(size=views), rng.normal(size=views)
         batch = {k: v.astype(np.int32 if k == "y_s" else np.float32) for k, v in batch.items()}
         batch.update(method.host_random(rng, d.batch_size))
@@ -43,15 +53,13 @@ def step_time(path, steps, warmup, synthetic=False, overrides=()):
 
     from engine.config import load_config
     from engine.data import build_data
-    from engine.optim import build_optimizer
-    from engine.trainer import Trainer, build_method, make_step
+    from engine.trainer import Trainer, build_method, build_phase_optimizers, make_step
 
     cfg = load_config(path, overrides)
     method = build_method(cfg)
     method.set_train(True)
     phase = method.phases()[-1]
-    optimizers = {g: build_optimizer(method.param_groups(phase)[g], cfg.optim, g) for g in phase.groups}
-    step = make_step(phase, method.loss_cells(phase), optimizers)
+    step = make_step(phase, method.loss_cells(phase), build_phase_optimizers(cfg.optim, method, phase))
     if synthetic:
         batches = synthetic_batches(cfg, method)
     else:

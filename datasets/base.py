@@ -76,10 +76,11 @@ class BatchStream:
     domains); ``strong_views`` > 0 adds that many views of the same images made by ``strong``,
     stacked view-major into one (V*N, C, H, W) array.
     ``num_shards/shard_id`` give each data-parallel rank a disjoint slice of every epoch.
+    Segmentation domains give label maps as ``y``; ``joint`` augments images and maps together.
     """
 
     def __init__(self, domain, batch_size, seed, stream_id, transform, strong=None,
-                 num_shards=1, shard_id=0, loader=None, strong_views=0):
+                 num_shards=1, shard_id=0, loader=None, strong_views=0, joint=None):
         if len(domain) < batch_size * num_shards:
             raise ValueError(f"domain has {len(domain)} images, fewer than one global batch "
                              f"({batch_size} x {num_shards} cards); lower data.batch_size")
@@ -87,6 +88,7 @@ class BatchStream:
         self.transform, self.strong, self.strong_views = transform, strong, strong_views
         self.num_shards, self.shard_id = num_shards, shard_id
         self.loader = loader  # parallel image decoder for file-backed domains
+        self.joint = joint    # segmentation: fn(images, labels, rng) -> (images, labels), before ``transform``
         self.per_epoch = len(domain) // (batch_size * num_shards)
         self._perm_epoch, self._perm = None, None
 
@@ -111,7 +113,10 @@ class BatchStream:
         else:
             images = self.domain.images[idx]
         rng = np.random.default_rng([self.seed, self.stream_id, 1_000_003, it, self.shard_id])
-        out = [to_nchw(self.transform(images, rng)), self.domain.labels[idx]]
+        labels = self.domain.labels[idx]
+        if self.joint is not None:
+            images, labels = self.joint(images, labels, rng)
+        out = [to_nchw(self.transform(images, rng)), labels]
         if self.strong_views:
             out.append(np.concatenate([to_nchw(self.strong(images, rng)) for _ in range(self.strong_views)]))
         return out

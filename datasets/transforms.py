@@ -11,6 +11,10 @@ from engine.registry import Registry
 TRANSFORMS = Registry("transform")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Caffe-trained weights (DeepLab's init, AdaptSegNet): BGR on the 0-255 scale minus this mean, as
+# (x[..., ::-1] - mean / 255) / (1 / 255) on our [0, 1] RGB images
+CAFFE_BGR_MEAN = tuple(v / 255.0 for v in (104.00698793, 116.66876762, 122.67891434))
+CAFFE_BGR_STD = (1.0 / 255.0,) * 3
 
 
 def normalizer(mean, std):
@@ -36,6 +40,12 @@ def center_crop(images, rng, size):
     h, w = images.shape[1:3]
     top, left = (h - size) // 2, (w - size) // 2
     return images[:, top:top + size, left:left + size]
+
+
+@TRANSFORMS.register("identity")
+def identity(images, rng, size):
+    """Images as the domain gives them (segmentation: the domain resized them, label maps stay aligned)."""
+    return images
 
 
 @TRANSFORMS.register("flip_crop")
@@ -78,14 +88,14 @@ def digits_strong(images, rng, size):
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def build_transform(name, size, channels, mean, std):
-    """Compose channel matching, the named augmentation and normalisation."""
+def build_transform(name, size, channels, mean, std, bgr=False):
+    """Compose channel matching, the named augmentation and normalisation (after RGB -> BGR with ``bgr``)."""
     augment = TRANSFORMS.get(name)
     norm = normalizer(mean, std)
 
     def transform(images, rng):
-        images = match_channels(np.asarray(images, np.float32), channels)
-        return norm(augment(images, rng, size)).astype(np.float32, copy=False)
+        images = augment(match_channels(np.asarray(images, np.float32), channels), rng, size)
+        return norm(images[..., ::-1] if bgr else images).astype(np.float32, copy=False)
 
     return transform
 

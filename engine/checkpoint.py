@@ -85,13 +85,19 @@ def load(path, net, optimizers=None, strict_optim=True):
 
 
 def load_backbone_weights(backbone, path):
-    """Load ImageNet (or other) weights into a backbone; keys may carry a ``backbone.`` prefix."""
+    """Load ImageNet (or other) weights into a backbone; keys may carry a ``backbone.`` prefix.
+
+    Every backbone parameter must be in the file, except those of CrossNorm/SelfNorm plug-ins.
+    """
     if not os.path.isfile(path):
         raise CheckpointError(
-            f"pretrained weights not found: {path}. Convert torchvision weights with "
-            "`python tools/convert_torchvision.py <resnet50.pth> <out.ckpt>` (see README), "
-            "or set model.pretrained: null for random init")
+            f"pretrained weights not found: {path}. Convert the PyTorch weights once with "
+            "`python tools/convert_torchvision.py <weights.pth> <out.ckpt> --arch <resnet50|deeplabv2_resnet101|...>` "
+            "(see README), or set model.pretrained: null for random init")
     data, _ = read(path)
     data = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in data.items()}
-    targets = {n: p for n, p in backbone.parameters_and_names()}
+    from models.cnsn import plugin_parameter_names
+
+    plugins = plugin_parameter_names(backbone)  # CrossNorm/SelfNorm: not in ImageNet weights, they start fresh
+    targets = {n: p for n, p in backbone.parameters_and_names() if n not in plugins}
     _check_and_assign(targets, data, path, "backbone")

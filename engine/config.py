@@ -36,6 +36,7 @@ class DomainCfg:
     download: bool = False           # fetch missing files (checksummed) when a mirror exists
     image_list: Optional[str] = None  # TLlib-style "path label" list overriding the folder scan
     verify_counts: bool = True       # check image/class counts against the published dataset
+    resize: Optional[List[int]] = None  # segmentation: [w, h] images are resized to (None: the dataset's default)
 
 
 @dataclass
@@ -46,8 +47,9 @@ class DataCfg:
     image_size: int = 28
     channels: int = 3
     resize_size: int = 0             # resize before crop (0 = image_size); imagenet style: 256
-    normalize: str = "source"        # source (per-channel mean/std of source train) | imagenet | none
-    train_transform: str = "none"    # none | flip_crop | imagenet
+    normalize: str = "source"        # source (per-channel mean/std of source train) | imagenet | none | center | caffe
+    train_transform: str = "none"    # none | flip_crop | imagenet | identity (segmentation: no resize, no crop)
+    seg_augment: Dict[str, Any] = field(default_factory=dict)  # segmentation: {scale: [lo, hi], crop: [w, h], flip: bool}
     strong_transform: str = "digits_strong"  # augmentation of the extra views regularizers ask for (OCR, IIMT)
     num_workers: int = 2
     source_val_fraction: float = 0.1  # labelled source images held out for label-free selection
@@ -62,6 +64,7 @@ class ModelCfg:
     head: str = "linear"
     num_classes: int = 10
     backbone_lr_mult: float = 1.0
+    head_lr_mult: float = 1.0         # the classifier's lr multiplier (DeepLab/AdaptSegNet: 10)
     norm_plugins: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,9 +75,10 @@ class OptimCfg:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    lr_schedule: str = "inv"          # inv: lr * (1 + gamma * it) ** -power | constant
+    lr_schedule: str = "inv"          # inv: lr * (1 + gamma * it) ** -power | poly: lr * (1 - it / total) ** power | constant
     lr_gamma: float = 0.01
     lr_power: float = 0.75
+    lr_total_iters: int = 0           # poly: iterations the decay runs over (0 = train.iters); may exceed train.iters
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
 
 

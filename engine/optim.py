@@ -22,22 +22,73 @@ class InverseDecayLR(LearningRateSchedule):
         return self.lr * ops.pow(1.0 + self.gamma * it, -self.power)
 
 
-def build_lr(cfg_optim, mult):
+class PolyLR(LearningRateSchedule):
+    """``lr * (1 - it / total) ** power`` (DeepLab; AdaptSegNet decays over 250k and stops at 150k)."""
+
+    def __init__(self, lr, total, power):
+        super().__init__()
+        self.lr, self.total, self.power = lr, float(total), power
+
+    def construct(self, global_step):
+        it = ops.minimum(global_step.astype(ms.float32), self.total)
+        return self.lr * ops.pow(1.0 - it / self.total, self.power)
+
+
+_torch_adam_update = ops.MultitypeFuncGraph("torch_adam_update")
+
+
+@_torch_adam_update.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                             "Tensor", "Tensor")
+def _torch_adam_param(beta1_power, beta2_power, beta1, beta2, eps, lr, grad, param, m, v):
+    grad = grad.astype(m.dtype)
+    m_new = beta1 * m + (1.0 - beta1) * grad
+    v_new = beta2 * v + (1.0 - beta2) * ops.square(grad)
+    step = lr * (m_new / (1.0 - beta1_power)) / (ops.sqrt(v_new / (1.0 - beta2_power)) + eps)
+    done = ops.assign(m, m_new)
+    done = ops.depend(done, ops.assign(v, v_new))
+    return ops.depend(done, ops.assign_sub(param, step.astype(param.dtype)))
+
+
+class TorchAdam(nn.Adam):
+    """Adam with ``torch.optim.Adam``'s arithmetic: ``p -= lr * m_hat / (sqrt(v_hat) + eps)``.
+
+    MindSpore's ``nn.Adam`` adds eps to ``sqrt(v)`` before the bias correction, i.e. uses
+    ``eps * sqrt(1 - beta2^t)`` in PyTorch's terms (10x larger at t = 1 with beta2 = 0.99), which
+    changes every update whose gradient is within a few eps of zero; the reference
+    implementations this repository reproduces are PyTorch. Weight decay is added to the
+    gradient (L2), as both frameworks do for Adam; moments and step counters are nn.Adam's.
+    """
+
+    def _apply_adam(self, params, beta1_power, beta2_power, moment1, moment2, lr, gradients):
+        if self.is_group_lr:
+            update = F.partial(_torch_adam_update, beta1_power, beta2_power, self.beta1, self.beta2, self.eps)
+            return self.map_(update, lr, gradients, params, moment1, moment2)
+        update = F.partial(_torch_adam_update, beta1_power, beta2_power, self.beta1, self.beta2, self.eps, lr)
+        return self.map_(update, gradients, params, moment1, moment2)
+
+
+def build_lr(cfg_optim, mult, total_iters=None):
+    """The learning rate of a group at ``mult`` x ``optim.lr``; ``total_iters`` is the phase's length (poly)."""
     base = cfg_optim.lr * mult
     if cfg_optim.lr_schedule == "inv":
         return InverseDecayLR(base, cfg_optim.lr_gamma, cfg_optim.lr_power)
+    if cfg_optim.lr_schedule == "poly":
+        total = cfg_optim.lr_total_iters or total_iters
+        if not total or total < 1:
+            raise ValueError("optim.lr_schedule=poly needs optim.lr_total_iters >= 1 (or the phase's iterations)")
+        return PolyLR(base, total, cfg_optim.lr_power)
     if cfg_optim.lr_schedule == "constant":
         return base
-    raise ValueError(f"unknown optim.lr_schedule {cfg_optim.lr_schedule!r}; use inv or constant")
+    raise ValueError(f"unknown optim.lr_schedule {cfg_optim.lr_schedule!r}; use inv, poly or constant")
 
 
-def build_optimizer(groups, cfg_optim, name="gen"):
+def build_optimizer(groups, cfg_optim, name="gen", total_iters=None):
     """``groups = [(params, lr_mult), ...]`` -> one optimizer whose groups keep their multipliers.
 
     The optimizer's own state (global_step, moments, ...) is renamed ``<name>.<param>`` so two
     optimizers can live in one jitted step (ADDA) without clashing parameter names.
     """
-    opt = _make_optimizer(groups, cfg_optim)
+    opt = _make_optimizer(groups, cfg_optim, total_iters)
     network = {id(p) for params, _ in groups for p in params}
     for _, param in opt.parameters_and_names():
         if id(param) not in network and not param.name.startswith(f"{name}."):
@@ -45,16 +96,17 @@ def build_optimizer(groups, cfg_optim, name="gen"):
     return opt
 
 
-def _make_optimizer(groups, cfg_optim):
-    param_groups = [{"params": list(params), "lr": build_lr(cfg_optim, mult)} for params, mult in groups if params]
+def _make_optimizer(groups, cfg_optim, total_iters=None):
+    param_groups = [{"params": list(params), "lr": build_lr(cfg_optim, mult, total_iters)}
+                    for params, mult in groups if params]
     first_lr = param_groups[0]["lr"]
     if cfg_optim.name == "sgd":
         return nn.SGD(param_groups, learning_rate=first_lr, momentum=cfg_optim.momentum,
                       weight_decay=cfg_optim.weight_decay, nesterov=cfg_optim.nesterov)
     if cfg_optim.name == "adam":
         beta1, beta2 = cfg_optim.betas
-        return nn.Adam(param_groups, learning_rate=first_lr, beta1=beta1, beta2=beta2,
-                       weight_decay=cfg_optim.weight_decay)
+        return TorchAdam(param_groups, learning_rate=first_lr, beta1=beta1, beta2=beta2,
+                         weight_decay=cfg_optim.weight_decay)
     raise ValueError(f"unknown optim.name {cfg_optim.name!r}; use sgd or adam")
 
 

@@ -16,6 +16,7 @@ from engine.config import config_hash, dump_config
 from engine.data import build_data
 from engine.distributed import ranks_agree
 from engine.optim import LossScaleState, apply_amp, build_loss_scaler, build_optimizer
+from engine.evaluators import evaluate
 from engine.registry import METHODS, REGULARIZERS
 from engine.runtime import resolve_amp_level
 from models import create_model
@@ -42,32 +43,42 @@ def build_method(cfg):
     return METHODS.build(cfg.method.name, cfg.method, model, regs, cfg.model.num_classes, cfg.train, model_factory)
 
 
-def phase_optim(cfg_optim, phase):
-    """The optim section with the phase's overrides applied (validated like the YAML)."""
-    if not phase.optim:
+def phase_optim(cfg_optim, phase, group=None):
+    """The optim section with the phase's (and the group's) overrides applied (validated like the YAML)."""
+    overrides = {**phase.optim, **phase.group_optim.get(group, {})}
+    if not overrides:
         return cfg_optim
     from engine.config import from_dict, OptimCfg
-    return from_dict(OptimCfg, {**dataclasses.asdict(cfg_optim), **phase.optim}, "optim.", f"phase {phase.name}")
+    where = f"phase {phase.name}" + (f" group {group}" if group in phase.group_optim else "")
+    return from_dict(OptimCfg, {**dataclasses.asdict(cfg_optim), **overrides}, "optim.", where)
+
+
+def build_phase_optimizers(cfg_optim, method, phase):
+    """``{group: optimizer}`` of a phase, each with its overrides; poly schedules run over the phase."""
+    groups = method.param_groups(phase)
+    return {g: build_optimizer(groups[g], phase_optim(cfg_optim, phase, g), g, phase.iters) for g in phase.groups}
 
 
 def make_step(phase, loss_cells, optimizers, loss_scalers=None, group_size=1, grad_accum=1):
     """The phase's training step ``step(batch, t) -> tuple of 0-d Tensors`` (``method.step_log_keys``).
 
-    One jitted function running, in order, a ``value_and_grad`` + update per parameter group.
+    One jitted function running, in order, a ``value_and_grad`` + update per update unit of the
+    phase (``Phase.update_units``: each parameter group on its own, or all groups from one
+    gradient under ``Phase.joint``). ``loss_cells`` and ``loss_scalers`` are keyed by unit.
     The options (all off: the plain step) add to that same graph:
 
     * ``group_size > 1`` (data parallel): each group's gradients are mean-all-reduced over the
       ranks (``nn.DistributedGradReducer``) before its update, and so are the returned values,
       so every rank logs, and checks for NaN, the numbers of the global batch;
-    * ``loss_scalers`` ``{group: DynamicLossScaler}`` (mixed precision): the loss is scaled, the
+    * ``loss_scalers`` ``{unit: DynamicLossScaler}`` (mixed precision): the loss is scaled, the
       gradients unscaled and checked with ``all_finite``; an update that overflows is skipped
-      and the scale adjusted. One more output, True when a group overflowed this step;
+      and the scale adjusted. One more output, True when a unit overflowed this step;
     * ``grad_accum = k > 1``: ``step`` takes a tuple of k micro-batches, see :class:`AccumStep`.
     """
     if grad_accum > 1:
         return AccumStep(phase, loss_cells, optimizers, loss_scalers, group_size, grad_accum)
-    updates = tuple(GroupUpdate(loss_cells[g], optimizers[g], (loss_scalers or {}).get(g), group_size)
-                    for g in phase.groups)
+    updates = tuple(GroupUpdate(loss_cells[unit], [optimizers[g] for g in groups], (loss_scalers or {}).get(unit),
+                                group_size) for unit, groups in phase.update_units())
     finish = _log_reducer(group_size)
     scaling = bool(loss_scalers)
 
@@ -82,29 +93,39 @@ def make_step(phase, loss_cells, optimizers, loss_scalers=None, group_size=1, gr
             first, overflow_1 = updates[0].run(batch, t)
             second, overflow_2 = updates[1].run(batch, t)
             return finish(first + second, _any(overflow_1, overflow_2, scaling), scaling)
-    else:  # pragma: no cover - no method has more than two groups yet
-        raise NotImplementedError("steps with more than two parameter groups")
+    else:  # pragma: no cover - no method has more than two sequential units yet
+        raise NotImplementedError("steps with more than two sequential update units")
     return step
 
 
 @ms.jit_class
 class GroupUpdate:
-    """One parameter group's ``loss -> gradients -> (all-reduce) -> (unscale, overflow check) -> update``.
+    """``loss -> gradients -> (all-reduce) -> (unscale, overflow check) -> update`` of one or more optimizers.
 
+    With several optimizers (a joint phase) one ``value_and_grad`` over all their parameters
+    gives every gradient from the same forward pass; each optimizer then applies its slice.
     Its methods run inside the caller's ``@jit``; ``None`` members are compile-time constants.
     """
 
-    def __init__(self, loss_cell, optimizer, scaler=None, group_size=1):
-        self.opt, self.scaler = optimizer, scaler
-        self.reducer = nn.DistributedGradReducer(optimizer.parameters, True, group_size) if group_size > 1 else None
+    def __init__(self, loss_cell, optimizers, scaler=None, group_size=1):
+        self.opts, self.scaler = tuple(optimizers), scaler
+        self.bounds = []
+        params = []
+        for opt in self.opts:
+            self.bounds.append((len(params), len(params) + len(opt.parameters)))
+            params += list(opt.parameters)
+        self.bounds = tuple(self.bounds)
+        self.parameters = ParameterTuple(params)
+        self.reducers = tuple(nn.DistributedGradReducer(opt.parameters, True, group_size) if group_size > 1 else None
+                              for opt in self.opts)
         if scaler is None:
-            self.grad_fn = ms.value_and_grad(loss_cell, None, optimizer.parameters, has_aux=True)
+            self.grad_fn = ms.value_and_grad(loss_cell, None, self.parameters, has_aux=True)
         else:
             def scaled_loss(batch, t):
                 loss, aux = loss_cell(batch, t)
                 return scaler.scale(loss), (loss,) + aux
 
-            self.grad_fn = ms.value_and_grad(scaled_loss, None, optimizer.parameters, has_aux=True)
+            self.grad_fn = ms.value_and_grad(scaled_loss, None, self.parameters, has_aux=True)
 
     def grads(self, batch, t):
         """``((loss,) + aux, gradients)``; the gradients are those of the scaled loss under a scaler."""
@@ -113,16 +134,22 @@ class GroupUpdate:
             return (loss,) + aux, grads
         return aux, grads
 
+    def _step_all(self, grads, outs):
+        for opt, reducer, (lo, hi) in zip(self.opts, self.reducers, self.bounds):
+            part = grads[lo:hi]
+            if reducer is not None:
+                part = reducer(part)
+            outs = ops.depend(outs, opt(part))
+        return outs
+
     def apply(self, grads, outs):
         """Updates the parameters; returns ``(outs after the update, overflow flag or None)``."""
-        if self.reducer is not None:
-            grads = self.reducer(grads)
         if self.scaler is None:
-            return ops.depend(outs, self.opt(grads)), None
+            return self._step_all(grads, outs), None
         grads = self.scaler.unscale(grads)
         finite = all_finite(grads)
         if finite:
-            outs = ops.depend(outs, self.opt(grads))
+            outs = self._step_all(grads, outs)
         self.scaler.adjust(finite)
         return outs, ops.logical_not(finite)
 
@@ -168,7 +195,7 @@ def _zero_buffer(after, buffer):
 class AccumStep:
     """Gradient accumulation: ``step((batch_1, ..., batch_k), t)`` makes one optimizer update per group.
 
-    Per group, in the phase's order: k calls of a jitted micro-step add ``grads / k`` to zeroed
+    Per update unit (``Phase.update_units``), in the phase's order: k calls of a jitted micro-step add ``grads / k`` to zeroed
     Parameter buffers, then one jitted apply-step all-reduces (data parallel), unscales and
     checks (mixed precision) and applies them, and zeroes the buffers. The update equals one
     step on the k micro-batches joined (for losses that are batch means), and a later group
@@ -181,10 +208,11 @@ class AccumStep:
         finish = _log_reducer(group_size)
         weight = Tensor(1.0 / k, ms.float32)
         self.micro, self.apply = [], []
-        for g in phase.groups:
-            update = GroupUpdate(loss_cells[g], optimizers[g], (loss_scalers or {}).get(g), group_size)
+        for unit, groups in phase.update_units():
+            update = GroupUpdate(loss_cells[unit], [optimizers[g] for g in groups], (loss_scalers or {}).get(unit),
+                                 group_size)
             buffers = ParameterTuple([Parameter(Tensor(np.zeros(p.shape, np.float32)), requires_grad=False,
-                                                name=f"{g}.grad_accum.{p.name}") for p in optimizers[g].parameters])
+                                                name=f"{unit}.grad_accum.{p.name}") for p in update.parameters])
             self.micro.append(self._micro(update, buffers, weight, finish))
             self.apply.append(self._apply(update, buffers))
 
@@ -236,28 +264,6 @@ def micro_streams(data, k, rank):
     if k == 1:
         return [(data.source, data.target)]
     return [tuple(stream.with_shard(rank * k + j) for stream in (data.source, data.target)) for j in range(k)]
-
-
-def predict(model, x):
-    logits, _ = model(Tensor(x))
-    return logits.asnumpy()
-
-
-def evaluate(model, domain, transform, batch_size, loader=None):
-    """Overall and per-class accuracy of ``model`` on ``domain`` (ordered, no augmentation)."""
-    from datasets.base import iterate_eval
-
-    was_training = model.training
-    model.set_train(False)
-    preds, labels = [], []
-    for x, y in iterate_eval(domain, batch_size, transform, loader):
-        preds.append(predict(model, x).argmax(-1))
-        labels.append(y)
-    model.set_train(was_training)
-    preds, labels = np.concatenate(preds), np.concatenate(labels)
-    per_class = [float((preds[labels == c] == c).mean()) if (labels == c).any() else float("nan")
-                 for c in range(domain.num_classes)]
-    return {"acc": float((preds == labels).mean()), "per_class": per_class, "n": int(len(labels))}
 
 
 def ckpt_state(optimizers, scalers):
@@ -355,9 +361,9 @@ class Trainer:
         for phase_idx, phase in enumerate(phases):
             if phase_idx < start_phase:
                 continue
-            groups = method.param_groups(phase)
-            optimizers = {g: build_optimizer(groups[g], phase_optim(cfg.optim, phase), g) for g in phase.groups}
-            scalers = {} if amp_level == "O0" else {g: build_loss_scaler(cfg.train.loss_scale, g) for g in phase.groups}
+            optimizers = build_phase_optimizers(cfg.optim, method, phase)
+            scalers = {} if amp_level == "O0" else {unit: build_loss_scaler(cfg.train.loss_scale, unit)
+                                                    for unit, _ in phase.update_units()}
             first = 0
             if resume_from is not None and phase_idx == start_phase:
                 checkpoint.load(resume_from, method, ckpt_state(optimizers, scalers))
@@ -466,21 +472,30 @@ class Trainer:
         raise TrainingDiverged(f"{what}; {kept}. Lower optim.lr or check the data")
 
     def eval_record(self, method, data):
-        bs = max(self.cfg.data.batch_size, 64)
-        rec = {"target_acc": evaluate(method.model, data.target_test, data.eval_transform, bs, data.loader)["acc"]}
+        bs = self.cfg.data.batch_size
+        target = evaluate(method.model, data.target_test, data.eval_transform, bs, data.loader)
+        rec = {f"target_{target['metric']}": target["score"]}
         if data.source_val is not None:
-            rec["source_val_acc"] = evaluate(method.model, data.source_val, data.eval_transform, bs, data.loader)["acc"]
+            val = evaluate(method.model, data.source_val, data.eval_transform, bs, data.loader)
+            rec[f"source_val_{val['metric']}"] = val["score"]
         return rec
 
     def final_results(self, method, data, history, seconds):
-        """Final-checkpoint numbers; the best-on-target number is labelled oracle."""
-        bs = max(self.cfg.data.batch_size, 64)
-        final = evaluate(method.model, data.target_test, data.eval_transform, bs, data.loader)
-        res = {"target_acc": final["acc"], "target_per_class": final["per_class"], "select_by": "last",
+        """Final-checkpoint numbers; the best-on-target number is labelled oracle.
+
+        The score is the target domain's metric (``acc`` for classification, ``miou`` for
+        segmentation): ``results["metric"]`` names it and ``target_<metric>`` holds it.
+        """
+        final = evaluate(method.model, data.target_test, data.eval_transform, self.cfg.data.batch_size, data.loader)
+        key = f"target_{final['metric']}"
+        res = {"metric": final["metric"], key: final["score"], "target_per_class": final["per_class"],
+               "class_names": list(data.target_test.class_names), "select_by": "last",
                "config_hash": self.hash, "seed": self.cfg.train.seed, "train_seconds": seconds}
-        if self.cfg.train.select_by == "source_val" and history and "source_val_acc" in history[-1]:
-            best = max(history, key=lambda r: r["source_val_acc"])
-            res.update(select_by="source_val", selected_iter=best["iter"], target_acc_selected=best["target_acc"])
+        res.update({f"target_{k}": v for k, v in final.get("extra", {}).items()})
+        val_key = f"source_val_{final['metric']}"
+        if self.cfg.train.select_by == "source_val" and history and val_key in history[-1]:
+            best = max(history, key=lambda r: r[val_key])
+            res.update(select_by="source_val", selected_iter=best["iter"], **{f"{key}_selected": best[key]})
         if history:
-            res["oracle_target_acc"] = max(r["target_acc"] for r in history)
+            res[f"oracle_{key}"] = max(r[key] for r in history)
         return res

@@ -20,10 +20,30 @@ from mindspore import nn, ops
 
 @dataclass
 class Phase:
+    """A training phase: ``iters`` updates of each parameter group in ``groups`` (one optimizer each).
+
+    By default the groups update one after another inside the step, each from a fresh forward
+    pass (ADDA: the encoder sees the updated discriminator, as pytorch-adda). ``joint=True``
+    takes every group's gradient from one forward pass at the same parameters, then applies all
+    updates (AdaptSegNet: one backward, then ``optimizer.step()`` for G and each D); the method
+    then provides one loss cell, under the key ``JOINT``, whose gradient routing (detached
+    predictions, discriminator weights held fixed) is its own business.
+    """
     name: str
     iters: int
     groups: Tuple[str, ...] = ("gen",)
     optim: Dict[str, Any] = field(default_factory=dict)  # overrides of the optim section for this phase
+    group_optim: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # further overrides per group
+    joint: bool = False
+
+    def update_units(self):
+        """``[(loss-cell key, groups it updates)]`` in the order the step runs them."""
+        if self.joint:
+            return [(JOINT, tuple(self.groups))]
+        return [(g, (g,)) for g in self.groups]
+
+
+JOINT = "joint"
 
 
 def cross_entropy(logits, labels):

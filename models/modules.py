@@ -74,3 +74,32 @@ def binary_cross_entropy_with_logits(logits, target):
 
 def binary_accuracy(logits, target):
     return ops.mean(((logits > 0).astype(ms.float32) == target).astype(ms.float32))
+
+
+@DISCRIMINATORS.register("fc")
+class FCDiscriminator(nn.Cell):
+    """AdaptSegNet's fully-convolutional discriminator (Tsai et al., CVPR 2018, ``model/discriminator.py``).
+
+    Five 4x4 stride-2 convolutions ``C -> ndf -> 2 ndf -> 4 ndf -> 8 ndf -> 1`` (padding 1, bias),
+    LeakyReLU(0.2) between them, no normalisation: (N, C, H, W) class probabilities to a
+    (N, 1, H/32, W/32) map of "target" logits. ``construct(x, fixed=True)`` runs the same
+    convolutions with the weights behind ``stop_gradient``: the generator's adversarial term
+    then moves only the generator, as the official code's ``requires_grad = False`` on D does.
+    """
+
+    def __init__(self, in_channels, ndf=64):
+        super().__init__()
+        widths = (in_channels, ndf, ndf * 2, ndf * 4, ndf * 8, 1)
+        self.convs = nn.CellList([nn.Conv2d(c_in, c_out, 4, 2, pad_mode="pad", padding=1, has_bias=True)
+                                  for c_in, c_out in zip(widths[:-1], widths[1:])])
+
+    def construct(self, x, fixed=False):
+        last = len(self.convs) - 1
+        for i, conv in enumerate(self.convs):
+            weight, bias = conv.weight, conv.bias
+            if fixed:
+                weight, bias = ops.stop_gradient(weight), ops.stop_gradient(bias)
+            x = ops.conv2d(x, weight, bias, stride=2, pad_mode="pad", padding=1)
+            if i < last:
+                x = ops.leaky_relu(x, 0.2)
+        return x

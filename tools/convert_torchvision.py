@@ -8,6 +8,29 @@ bias->beta, running_mean->moving_mean, running_var->moving_variance) and
 ``num_batches_tracked`` is dropped. ``fc.weight``/``fc.bias`` are kept (ignored when loading a
 backbone). Every backbone parameter of ``--arch`` must be present with the right shape.
 The result loads with ``engine.checkpoint.load_backbone_weights`` (``model.pretrained``).
+
+DeepLab-v2 backbones (``models/deeplab.py``, segmenter ``deeplabv2``), ``--arch deeplabv2_resnet101``:
+
+(a) the DeepLab ImageNet+COCO init AdaptSegNet trains from (style "caffe", the default)::
+
+        wget http://vllab.ucmerced.edu/ytsai/CVPR18/DeepLab_resnet_pretrained_init-f81d91e8.pth
+        python tools/convert_torchvision.py DeepLab_resnet_pretrained_init-f81d91e8.pth \
+            deeplabv2_init.ckpt --arch deeplabv2_resnet101
+
+    Its keys carry a ``Scale.`` prefix (``Scale.conv1.weight``, ``Scale.layer1.0.conv1.weight``)
+    that is stripped; ``Scale.layer5.*`` is its COCO classifier, dropped as AdaptSegNet drops it
+    for 19 classes. Use the result with ``style: caffe``.
+
+(b) torchvision's ResNet-101 ImageNet weights (stride on the 3x3 conv: use ``style: pytorch``)::
+
+        wget https://download.pytorch.org/models/resnet101-63fe2227.pth
+        python tools/convert_torchvision.py resnet101-63fe2227.pth deeplabv2_tv.ckpt --arch deeplabv2_resnet101
+
+    ``fc.*`` is dropped. Both backbones have identical names and shapes, so nothing here can tell
+    (a) from (b): the model's ``style`` must match the weights.
+
+Classifier weights (``layer5``/``layer6`` of a trained AdaptSegNet model, ``fc``) are always
+dropped for DeepLab; load the result with ``load_backbone_weights(model.backbone, path)``.
 """
 import argparse
 import os
@@ -21,6 +44,12 @@ import engine  # noqa: E402,F401  (CPU runtime settings before MindSpore loads)
 
 BN_RENAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 WRAPPER_KEYS = ("state_dict", "model")
+# DataParallel; the DeepLab-v2 init file (its MS_Deeplab wraps the ResNet as ``Scale``).
+STRIPPED_PREFIXES = ("module.", "Scale.")
+DEEPLAB_ARCHS = {"deeplabv2_resnet101": (3, 4, 23, 3)}
+# Classifiers a DeepLab backbone checkpoint leaves out: the init file's COCO head (layer5),
+# AdaptSegNet's heads (layer5 on layer3, layer6 on layer4), torchvision's ImageNet fc.
+DEEPLAB_DROPPED = ("layer5.", "layer6.", "fc.")
 
 
 class ConversionError(ValueError):
@@ -28,14 +57,27 @@ class ConversionError(ValueError):
 
 
 def expected_shapes(arch, layers=None):
-    """``{name: shape}`` of the MindSpore backbone ``arch`` (optionally with custom stage depths)."""
+    """``{name: shape}`` of the MindSpore backbone ``arch`` (optionally with custom stage depths) and
+    its pooled feature size (None for DeepLab backbones, which have no ``fc``)."""
     from models.resnet import ARCHS, ResNet
 
+    if arch in DEEPLAB_ARCHS:
+        from models.deeplab import DilatedResNet
+
+        net = DilatedResNet(layers or DEEPLAB_ARCHS[arch])
+        return {name: tuple(p.shape) for name, p in net.parameters_and_names()}, None
     if arch not in ARCHS:
-        raise ConversionError(f"unknown --arch {arch!r}; valid: {', '.join(ARCHS)}")
+        raise ConversionError(f"unknown --arch {arch!r}; valid: {', '.join([*ARCHS, *DEEPLAB_ARCHS])}")
     block, default_layers = ARCHS[arch]
     net = ResNet(block, layers or default_layers)
     return {name: tuple(p.shape) for name, p in net.parameters_and_names()}, net.out_features
+
+
+def strip_prefixes(name):
+    for prefix in STRIPPED_PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return name
 
 
 def rename(name, batch_norms):
@@ -50,8 +92,10 @@ def rename(name, batch_norms):
 
 def convert_state_dict(state_dict, arch, layers=None):
     """``{torchvision name: numpy array}`` -> ``{MindSpore name: float32 array}`` checked against ``arch``."""
-    state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    state_dict = {strip_prefixes(k): v for k, v in state_dict.items()}
     shapes, out_features = expected_shapes(arch, layers)
+    if out_features is None:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(DEEPLAB_DROPPED)}
     batch_norms = {k.rpartition(".")[0] for k in (*shapes, *state_dict) if k.endswith((".gamma", ".running_var"))}
     converted = {}
     for name, value in state_dict.items():
@@ -61,7 +105,7 @@ def convert_state_dict(state_dict, arch, layers=None):
     missing = [n for n in shapes if n not in converted]
     wrong = [f"{n} {converted[n].shape} vs {shapes[n]}"
              for n in shapes if n in converted and converted[n].shape != shapes[n]]
-    if "fc.weight" in converted and converted["fc.weight"].shape[1:] != (out_features,):
+    if out_features is not None and "fc.weight" in converted and converted["fc.weight"].shape[1:] != (out_features,):
         wrong.append(f"fc.weight {converted['fc.weight'].shape} vs (*, {out_features})")
     if missing or wrong:
         parts = ([f"missing {len(missing)}: {', '.join(missing[:4])}"] if missing else []) + \
@@ -112,7 +156,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", help="torchvision state dict (.pth/.pt or .safetensors)")
     parser.add_argument("dst", help="output MindSpore .ckpt")
-    parser.add_argument("--arch", default="resnet50", help="resnet18 | resnet34 | resnet50 | resnet101")
+    parser.add_argument("--arch", default="resnet50",
+                        help="resnet18 | resnet34 | resnet50 | resnet101 | deeplabv2_resnet101")
     parser.add_argument("--layers", default=None, help="custom blocks per stage, e.g. 1,1,1,1 (tests, ablations)")
     args = parser.parse_args(argv)
     layers = tuple(int(n) for n in args.layers.split(",")) if args.layers else None

@@ -1,14 +1,17 @@
-"""Markdown table of a suite's runs: mean +- std of the final-checkpoint target accuracy per task.
+"""Markdown table of a suite's runs: mean +- std of the final-checkpoint target score per task.
 
     python tools/make_table.py runs/digits --suite digits [--out runs/digits/table.md]
 
 Run directories are ``<runs>/<method>_<task>/seed<k>/results.json`` (what scripts/run_*.sh
-write). Numbers are final-checkpoint accuracies; the published number is shown in brackets.
+write). Numbers are final-checkpoint scores (``results["metric"]``: accuracy, or mIoU for
+segmentation); the published number is shown in brackets. Segmentation suites get one table per
+task with a column per class (IoU) and the mIoU, and the paper's rows beneath ours.
 """
 import argparse
 import glob
 import json
 import os
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -17,8 +20,11 @@ import yaml
 PAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_results.yaml")
 
 
-def collect(runs_root):
-    """``{(method, task): [accuracy %, ...]}`` from every finished run below ``runs_root``."""
+def collect(runs_root, per_class=False):
+    """``{(method, task): [score %, ...]}`` from every finished run below ``runs_root``.
+
+    With ``per_class`` each entry is ``(score %, [per-class %], class names, metric)`` instead.
+    """
     table = defaultdict(list)
     for path in sorted(glob.glob(os.path.join(runs_root, "*", "seed*", "results.json"))):
         run_name = os.path.basename(os.path.dirname(os.path.dirname(path)))
@@ -26,8 +32,45 @@ def collect(runs_root):
         if not method:
             continue
         with open(path, encoding="utf-8") as handle:
-            table[(method, task)].append(100.0 * json.load(handle)["target_acc"])
+            res = json.load(handle)
+        metric = res.get("metric", "acc")
+        score = 100.0 * res[f"target_{metric}"]
+        if per_class:
+            score = (score, [100.0 * v for v in res.get("target_per_class", [])], res.get("class_names", []), metric)
+        table[(method, task)].append(score)
     return table
+
+
+def render_per_class(table, paper=None, tasks=None, methods=None):
+    """Segmentation: per task, rows of per-class IoU and mIoU (mean over seeds; ± std on the mIoU), then the paper's."""
+    paper = paper or {}
+    tasks = tasks or sorted({t for _, t in table})
+    methods = methods or sorted({m for m, _ in table})
+    blocks = []
+    for task in tasks:
+        runs = [r for m in methods for r in table.get((m, task), [])]
+        if not runs:
+            continue
+        names = runs[0][2]
+        lines = [f"**{task}**", "", "| method | " + " | ".join(names) + " | mIoU |", "|" + "---|" * (len(names) + 2)]
+        for method in methods:
+            entries = table.get((method, task), [])
+            if not entries:
+                continue
+            with warnings.catch_warnings():  # a class absent from every seed stays nan
+                warnings.simplefilter("ignore", RuntimeWarning)
+                per_class = np.nanmean([e[1] for e in entries], axis=0)
+            lines.append(f"| {method} | " + " | ".join(f"{v:.1f}" for v in per_class) +
+                         f" | **{cell([e[0] for e in entries])}** |")
+        for method, rows in paper.items():
+            if method.startswith("_") or task not in rows:
+                continue
+            row = rows[task]
+            values = row.get("per_class") or ["—"] * len(names)
+            lines.append(f"| {row.get('label', method)} (paper) | " + " | ".join(
+                v if isinstance(v, str) else f"{v:.1f}" for v in values) + f" | {row['miou']:.1f} |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def cell(values, paper=None):
@@ -69,14 +112,20 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="*", default=None)
     parser.add_argument("--out", default=None, help="also write the table here")
     args = parser.parse_args(argv)
-    table = collect(args.runs)
+    table = collect(args.runs, per_class=True)
     if not table:
         raise SystemExit(f"error: no finished runs (*/seed*/results.json) under {args.runs}")
     with open(PAPER, encoding="utf-8") as handle:
         papers = yaml.safe_load(handle)
     suite = papers.get(args.suite, {}) if args.suite else {}
-    text = render(table, suite, args.tasks, args.methods)
-    note = "Target accuracy (%) of the final checkpoint, mean ± std over seeds"
+    metrics = {entry[3] for entries in table.values() for entry in entries}
+    if metrics == {"miou"}:
+        text = render_per_class(table, suite, args.tasks, args.methods)
+        note = "Target IoU per class and mIoU (%) of the final checkpoint, mean over seeds (mIoU ± std)"
+    else:
+        text = render({key: [e[0] for e in entries] for key, entries in table.items()}, suite, args.tasks,
+                      args.methods)
+        note = "Target accuracy (%) of the final checkpoint, mean ± std over seeds"
     if suite.get("_source"):
         note += f"; [published: {suite['_source']}]"
     text = f"{note}\n\n{text}\n"

@@ -1,10 +1,15 @@
-"""PyTorch reference pieces shared by the benchmarks and the torchvision-conversion test.
+"""PyTorch reference pieces shared by the benchmarks and the conversion/parity tests.
 
-Needs torch (only ``bench/`` and ``tests/test_convert_torchvision.py`` import it). The ResNet
-keeps torchvision's module and parameter names, so its ``state_dict`` is what
-``tools/convert_torchvision.py`` converts.
+Needs torch (only ``bench/`` and tests import it). The ResNet keeps torchvision's module and
+parameter names, so its ``state_dict`` is what ``tools/convert_torchvision.py`` converts. The
+DeepLab-v2 (:class:`DeepLabV2`) follows AdaptSegNet's ``model/deeplab_multi.py``
+(wasidennis/AdaptSegNet) with its module names (``conv1, bn1, layer1..4, layer5`` = classifier on
+layer3, ``layer6`` = classifier on layer4, ``conv2d_list``), so its backbone ``state_dict`` is that
+of the DeepLab init file without the ``Scale.`` prefix. :class:`DigitScenesNet` is the small
+dense net of the embedded DigitScenes benchmark (issue #10).
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -93,3 +98,186 @@ class ResNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         features = torch.flatten(self.avgpool(x), 1)
         return features if self.fc is None else self.fc(features)
+
+
+class DeepLabBottleneck(nn.Module):
+    """deeplab_multi.py's Bottleneck: ``style="caffe"`` strides the first 1x1 conv (the official
+    code), ``"pytorch"`` the 3x3 (torchvision); the 3x3 is dilated with padding = dilation. BN
+    affine parameters are frozen (``requires_grad=False``) as in the official code."""
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None, style="caffe"):
+        super().__init__()
+        stride_1x1, stride_3x3 = (stride, 1) if style == "caffe" else (1, stride)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, stride_1x1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride_3x3, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        for bn in (self.bn1, self.bn2, self.bn3):
+            bn.requires_grad_(False)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + residual)
+
+
+class DeepLabClassifier(nn.Module):
+    """Classifier_Module: 3x3 convs with bias at the given dilation rates (weights N(0, 0.01)), summed.
+
+    ``official_two_rates=True`` reproduces the official forward, whose ``return`` sits inside the
+    loop, so only the first two convolutions are summed (AdaptSegNet issues #20, #84)."""
+
+    def __init__(self, inplanes, rates, num_classes, official_two_rates=False):
+        super().__init__()
+        self.conv2d_list = nn.ModuleList(
+            nn.Conv2d(inplanes, num_classes, 3, padding=rate, dilation=rate, bias=True) for rate in rates)
+        for conv in self.conv2d_list:
+            conv.weight.data.normal_(0, 0.01)
+        self.official_two_rates = official_two_rates
+
+    def forward(self, x):
+        convs = list(self.conv2d_list)[:2] if self.official_two_rates else self.conv2d_list
+        out = convs[0](x)
+        for conv in convs[1:]:
+            out = out + conv(x)
+        return out
+
+
+class DeepLabV2(nn.Module):
+    """deeplab_multi.py's ResNetMulti: stem with ceil-mode max-pool, layer3 dilation 2, layer4
+    dilation 4 (output stride 8); ``forward`` returns ``(aux, main)`` logits as the official code
+    (``aux`` = layer5 on layer3, None when ``multi_level=False``). All convs N(0, 0.01), BN 1/0."""
+
+    RATES = (6, 12, 18, 24)
+
+    def __init__(self, layers, num_classes, style="caffe", official_two_rates=False, multi_level=True):
+        super().__init__()
+        self.inplanes, self.style = 64, style
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1.requires_grad_(False)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1, ceil_mode=True)
+        self.layer1 = self._make_layer(64, layers[0])
+        self.layer2 = self._make_layer(128, layers[1], stride=2)
+        self.layer3 = self._make_layer(256, layers[2], stride=1, dilation=2)
+        self.layer4 = self._make_layer(512, layers[3], stride=1, dilation=4)
+        self.layer5 = DeepLabClassifier(1024, self.RATES, num_classes, official_two_rates) if multi_level else None
+        self.layer6 = DeepLabClassifier(2048, self.RATES, num_classes, official_two_rates)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.data.normal_(0, 0.01)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+
+    def _make_layer(self, planes, blocks, stride=1, dilation=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * 4 or dilation in (2, 4):
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes * 4))
+            downsample[1].requires_grad_(False)
+        layers = [DeepLabBottleneck(self.inplanes, planes, stride, dilation, downsample, self.style)]
+        self.inplanes = planes * 4
+        layers += [DeepLabBottleneck(self.inplanes, planes, 1, dilation, None, self.style) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        aux = self.layer5(x) if self.layer5 is not None else None
+        return aux, self.layer6(self.layer4(x))
+
+
+class DigitScenesNet(nn.Module):
+    """The DigitScenes dense net (issue #10), PyTorch default init: conv3x3 3->32, ReLU; 3x3
+    stride-2 conv to 64, ReLU; 3x3 convs 64->64 at dilation 1, 2, 4, each + ReLU; head = sum of
+    3x3 convs 64->K at dilation 1..4; logits upsampled bilinearly (align_corners=True) to the input."""
+
+    def __init__(self, num_classes, in_channels=3):
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            *[m for d in (1, 2, 4) for m in (nn.Conv2d(64, 64, 3, padding=d, dilation=d), nn.ReLU())])
+        self.head = nn.ModuleList(nn.Conv2d(64, num_classes, 3, padding=d, dilation=d) for d in (1, 2, 3, 4))
+
+    def forward(self, x):
+        f = self.backbone(x)
+        logits = sum(conv(f) for conv in self.head)
+        return F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=True)
+
+
+class FCDiscriminator(nn.Module):
+    """AdaptSegNet's ``model/discriminator.py``: five 4x4 stride-2 convs, LeakyReLU(0.2), no normalisation."""
+
+    def __init__(self, num_classes, ndf=64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_classes, ndf, kernel_size=4, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(ndf, ndf * 2, kernel_size=4, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(ndf * 2, ndf * 4, kernel_size=4, stride=2, padding=1)
+        self.conv4 = nn.Conv2d(ndf * 4, ndf * 8, kernel_size=4, stride=2, padding=1)
+        self.classifier = nn.Conv2d(ndf * 8, 1, kernel_size=4, stride=2, padding=1)
+        self.leaky_relu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def convs(self):
+        return [self.conv1, self.conv2, self.conv3, self.conv4, self.classifier]
+
+    def forward(self, x):
+        for conv in self.convs()[:-1]:
+            x = self.leaky_relu(conv(x))
+        return self.classifier(x)
+
+
+def adaptsegnet_iteration(model, discriminators, optimizer, optimizers_d, x_s, y_s, x_t, lambda_seg, lambdas_adv):
+    """One iteration of AdaptSegNet's official loop (``train_gta2cityscapes_multi.py``, iter_size 1).
+
+    ``model(x) -> (aux, main)`` as DeeplabMulti (``aux`` None for single-level nets); ``discriminators``
+    one per level, main first. G: seg(main) + lambda_seg seg(aux), then the adversarial terms on the
+    target with D frozen; D: each level's detached source/target softmax against labels 0/1, halved;
+    then every optimizer steps. The learning rates are set by the caller (``lr_poly``). Returns the
+    logged values: seg, seg_aux, adv per level, D loss per level.
+    """
+    optimizer.zero_grad()
+    for opt in optimizers_d:
+        opt.zero_grad()
+    bce = nn.BCEWithLogitsLoss()
+    source_label, target_label = 0.0, 1.0
+
+    def levels(x):  # [main, aux] logits upsampled to the input size (official interp, align_corners=True)
+        aux, main = model(x)
+        outs = [main] + ([aux] if aux is not None else [])
+        return [F.interpolate(o, size=x.shape[2:], mode="bilinear", align_corners=True) for o in outs]
+
+    for disc in discriminators:
+        disc.requires_grad_(False)
+    pred_s = levels(x_s)
+    loss_seg = F.cross_entropy(pred_s[0], y_s, ignore_index=255)
+    loss_seg_aux = F.cross_entropy(pred_s[1], y_s, ignore_index=255) if len(pred_s) > 1 else torch.zeros(())
+    (loss_seg + lambda_seg * loss_seg_aux).backward()
+    pred_t = levels(x_t)
+    adv = [bce(d(F.softmax(p, dim=1)), torch.full_like(d(F.softmax(p, dim=1)), source_label))
+           for d, p in zip(discriminators, pred_t)]
+    sum(w * a for w, a in zip(lambdas_adv, adv)).backward()
+    for disc in discriminators:
+        disc.requires_grad_(True)
+    d_losses = []
+    for disc, p_s, p_t in zip(discriminators, pred_s, pred_t):
+        out_s = disc(F.softmax(p_s.detach(), dim=1))
+        loss_s = bce(out_s, torch.full_like(out_s, source_label)) / 2
+        loss_s.backward()
+        out_t = disc(F.softmax(p_t.detach(), dim=1))
+        loss_t = bce(out_t, torch.full_like(out_t, target_label)) / 2
+        loss_t.backward()
+        d_losses.append(float((loss_s + loss_t).detach()))
+    optimizer.step()
+    for opt in optimizers_d:
+        opt.step()
+    return [float(v.detach()) for v in [loss_seg, loss_seg_aux, *adv]] + d_losses

@@ -1,0 +1,92 @@
+"""Scores of a model on a labelled domain, one evaluator per task, chosen by the domain's ``task``.
+
+Every evaluator has the signature ``(model, domain, transform, batch_size, loader=None,
+on_batch=None) -> {"metric", "score", "per_class", "n", "extra"}``: ``metric`` names the
+score (``acc`` for classification, ``miou`` for segmentation), ``per_class`` lists the per-class
+numbers in ``domain.class_names`` order and ``extra`` holds secondary numbers. ``on_batch(indices,
+predictions)`` sees every batch of predictions (eval.py writes colourised maps with it). The
+model runs in inference mode over the whole domain, in order, without augmentation; the trainer
+and eval.py call :func:`evaluate` and never ask which task they are in.
+"""
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+from engine.metrics import ConfusionAccumulator
+from engine.registry import EVALUATORS
+
+
+def evaluate(model, domain, transform, batch_size, loader=None, on_batch=None):
+    """Dispatch to the evaluator of ``domain.task`` (``classification`` when the domain names none)."""
+    evaluator = EVALUATORS.get(getattr(domain, "task", "classification"))
+    was_training = model.training
+    model.set_train(False)
+    try:
+        return evaluator(model, domain, transform, batch_size, loader, on_batch)
+    finally:
+        model.set_train(was_training)
+
+
+def _batches(domain, batch_size, transform, loader):
+    from datasets.base import iterate_eval
+
+    start = 0
+    for x, y in iterate_eval(domain, batch_size, transform, loader):
+        yield np.arange(start, start + len(y)), x, y
+        start += len(y)
+
+
+@EVALUATORS.register("classification")
+def classification(model, domain, transform, batch_size, loader=None, on_batch=None):
+    """Overall accuracy and per-class accuracy (recall); batches of at least 64 images."""
+    preds, labels = [], []
+    for idx, x, y in _batches(domain, max(batch_size, 64), transform, loader):
+        pred = model(Tensor(x))[0].asnumpy().argmax(-1)
+        if on_batch is not None:
+            on_batch(idx, pred)
+        preds.append(pred)
+        labels.append(y)
+    preds, labels = np.concatenate(preds), np.concatenate(labels)
+    per_class = [float((preds[labels == c] == c).mean()) if (labels == c).any() else float("nan")
+                 for c in range(domain.num_classes)]
+    acc = float((preds == labels).mean())
+    return {"metric": "acc", "score": acc, "acc": acc, "per_class": per_class, "n": int(len(labels)), "extra": {}}
+
+
+class DensePrediction(nn.Cell):
+    """``x -> argmax over classes`` of the main logits upsampled bilinearly to ``size`` (the label's (H, W)).
+
+    align_corners=True, as AdaptSegNet's evaluation (``nn.Upsample(size=(1024, 2048), mode='bilinear',
+    align_corners=True)``); upsampling and argmax run on the device, only the class map comes back.
+    """
+
+    def __init__(self, model, size):
+        super().__init__(auto_prefix=False)
+        self.model, self.size = model, tuple(size)
+
+    def construct(self, x):
+        logits = self.model(x)[0]
+        if logits.shape[2:] != self.size:
+            logits = ops.interpolate(logits, size=self.size, mode="bilinear", align_corners=True)
+        return ops.argmax(logits, 1).astype(ms.int32)
+
+
+@EVALUATORS.register("segmentation")
+def segmentation(model, domain, transform, batch_size, loader=None, on_batch=None):
+    """mIoU over the whole split (one confusion matrix, not a mean of per-image IoUs), per-class IoU, pixel accuracy."""
+    conf = ConfusionAccumulator(domain.num_classes, getattr(domain, "ignore_index", 255))
+    predictors = {}
+    n = 0
+    for idx, x, y in _batches(domain, batch_size, transform, loader):
+        size = tuple(y.shape[1:])
+        if size not in predictors:
+            predictors[size] = DensePrediction(model, size)
+        pred = predictors[size](Tensor(x)).asnumpy()
+        if on_batch is not None:
+            on_batch(idx, pred)
+        conf.add(pred, y)
+        n += len(y)
+    per_class = conf.iou()
+    miou = conf.mean_iou()
+    return {"metric": "miou", "score": miou, "miou": miou, "per_class": [float(v) for v in per_class], "n": n,
+            "extra": {"pixel_acc": conf.pixel_accuracy()}}
