@@ -69,14 +69,16 @@ def main(argv=None):
         cfg = load_config(args.config, args.opt)
     except (ConfigError, KeyError) as err:
         sys.exit(f"error: {err.args[0]}")
-    from datasets.base import DatasetMissingError
     from engine import checkpoint
     from engine.data import build_data
     from engine.evaluators import evaluate
-    from engine.runtime import init_mindspore
+    from engine.runtime import DeviceUnavailableError, init_mindspore
     from engine.trainer import build_method
 
-    device = init_mindspore(args.device, "graph", cfg.train.seed)
+    try:
+        device = init_mindspore(args.device, "graph", cfg.train.seed)
+    except DeviceUnavailableError as err:
+        sys.exit(f"error: {err}")
     try:
         method = build_method(cfg)
         meta = checkpoint.load(args.ckpt, method)
@@ -84,8 +86,8 @@ def main(argv=None):
         on_batch = prediction_writer(data.target_test, args.save_predictions) if args.save_predictions else None
         result = evaluate(method.model, data.target_test, data.eval_transform, cfg.data.batch_size, data.loader,
                           on_batch)
-    except (checkpoint.CheckpointError, DatasetMissingError, ValueError, KeyError) as err:
-        sys.exit(f"error: {err.args[0]}")
+    except (checkpoint.CheckpointError, FileNotFoundError, ValueError, KeyError) as err:  # + DatasetMissingError
+        sys.exit(f"error: {err.args[0] if len(err.args) == 1 else err}")
     report = {"config": cfg.name, "ckpt": args.ckpt, "device": device, "iter": meta.get("iter"),
               "target": cfg.data.target.name + (f"/{cfg.data.target.domain}" if cfg.data.target.domain else ""),
               "metric": result["metric"], "score": result["score"], f"target_{result['metric']}": result["score"],

@@ -50,9 +50,12 @@ def main(argv=None):
     from engine.checkpoint import CheckpointError
     from engine.trainer import RunDirError, Trainer, TrainingDiverged
     from engine.distributed import DistributedError, init_distributed
-    from datasets.base import DatasetMissingError
+    from engine.runtime import DeviceUnavailableError
 
-    device = init_mindspore(args.device, args.mode, cfg.train.seed)
+    try:
+        device = init_mindspore(args.device, args.mode, cfg.train.seed)
+    except DeviceUnavailableError as err:
+        sys.exit(f"error: {err}")
     try:
         rank, group_size = init_distributed(args.distribute)
     except DistributedError as err:
@@ -62,8 +65,10 @@ def main(argv=None):
                       show_progress=not args.no_progress and sys.stderr.isatty())
     try:
         results = trainer.fit()
-    except (RunDirError, TrainingDiverged, CheckpointError, DatasetMissingError, ValueError, KeyError) as err:
-        sys.exit(f"error: {err.args[0] if err.args else err}")
+    except (RunDirError, TrainingDiverged, CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
+        # FileNotFoundError includes datasets.base.DatasetMissingError: missing, corrupt or undecodable data;
+        # an OSError with (errno, text, path) args reads best as str(err)
+        sys.exit(f"error: {err.args[0] if len(err.args) == 1 else err}")
     if rank == 0:
         metric = results.get("metric", "acc")
         key = f"target_{metric}"

@@ -15,7 +15,6 @@ official training loop. PyTorch runs first, before MindSpore's CPU settings (see
 bench_resnet50.py). Reported: ms per step and the MindSpore/PyTorch ratio.
 """
 import argparse
-import gc
 import os
 import sys
 
@@ -25,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_resnet50.py
 
-from bench_resnet50 import timed  # noqa: E402
+from bench_resnet50 import side_by_side  # noqa: E402
 
 CONFIG = "configs/gta2cityscapes/adaptsegnet_gta2cityscapes.yaml"
 CLASSES = 19
@@ -108,20 +107,7 @@ def main(argv=None):
     print(f"AdaptSegNet multi-level step, DeepLab-v2 ResNet layers {list(args.layers)}, source 1x{w}x{h} + target "
           f"1x{wt}x{ht}, {os.cpu_count()} cores, {args.warmup} warm-up + {args.iters} timed steps, "
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
-    version, step = torch_step(args, batch)
-    _, torch_s, loss = timed(step, args.warmup, args.iters)
-    print(f"pytorch {version} (CPU, {args.threads} threads): {torch_s * 1e3:.0f} ms/step (first seg loss {loss:.3f})",
-          flush=True)
-    del step
-    gc.collect()
-    device, step = mindspore_step(args, batch)
-    compile_s, ms_s, loss = timed(step, args.warmup, args.iters)
-    import mindspore
-
-    print(f"mindspore {mindspore.__version__} ({device}, graph): {ms_s * 1e3:.0f} ms/step "
-          f"(first step incl. compile {compile_s:.1f} s, first seg loss {loss:.3f})")
-    print(f"ratio mindspore/pytorch: {ms_s / torch_s:.2f}")
-
+    side_by_side(torch_step, mindspore_step, args, batch, "seg loss")
 
 if __name__ == "__main__":
     main()

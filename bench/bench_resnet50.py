@@ -134,10 +134,15 @@ def main(argv=None):
           f"{args.warmup} warm-up + {args.iters} timed steps, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}",
           flush=True)
 
+    side_by_side(torch_step, mindspore_step, args, batch)
+
+
+def side_by_side(torch_step, mindspore_step, args, batch, loss_name="loss"):
+    """Time PyTorch, then (after freeing it) MindSpore on the same batch; print both and the ratio."""
     version, step = torch_step(args, batch)
     _, torch_s, loss = timed(step, args.warmup, args.iters)
     print(f"pytorch {version} (CPU, {args.threads} threads): {torch_s * 1e3:.0f} ms/step "
-          f"(first loss {loss:.3f})", flush=True)
+          f"(first {loss_name} {loss:.3f})", flush=True)
     del step
     gc.collect()
 
@@ -146,9 +151,8 @@ def main(argv=None):
     import mindspore
 
     print(f"mindspore {mindspore.__version__} ({device}, graph): {ms_s * 1e3:.0f} ms/step "
-          f"(first step incl. compile {compile_s:.1f} s, first loss {loss:.3f})")
+          f"(first step incl. compile {compile_s:.1f} s, first {loss_name} {loss:.3f})")
     print(f"ratio mindspore/pytorch: {ms_s / torch_s:.2f}")
-
 
 if __name__ == "__main__":
     main()

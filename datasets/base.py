@@ -77,10 +77,12 @@ class BatchStream:
     stacked view-major into one (V*N, C, H, W) array.
     ``num_shards/shard_id`` give each data-parallel rank a disjoint slice of every epoch.
     Segmentation domains give label maps as ``y``; ``joint`` augments images and maps together.
+    ``pipeline(domain, indices, rng) -> NCHW float32``, when given, replaces ``loader`` +
+    ``transform`` for ``x`` (file domains decode and augment in C++ ops with the same draws).
     """
 
     def __init__(self, domain, batch_size, seed, stream_id, transform, strong=None,
-                 num_shards=1, shard_id=0, loader=None, strong_views=0, joint=None):
+                 num_shards=1, shard_id=0, loader=None, strong_views=0, joint=None, pipeline=None):
         if len(domain) < batch_size * num_shards:
             raise ValueError(f"domain has {len(domain)} images, fewer than one global batch "
                              f"({batch_size} x {num_shards} cards); lower data.batch_size")
@@ -89,8 +91,9 @@ class BatchStream:
         self.num_shards, self.shard_id = num_shards, shard_id
         self.loader = loader  # parallel image decoder for file-backed domains
         self.joint = joint    # segmentation: fn(images, labels, rng) -> (images, labels), before ``transform``
+        self.pipeline = pipeline if joint is None else None
         self.per_epoch = len(domain) // (batch_size * num_shards)
-        self._perm_epoch, self._perm = None, None
+        self._perm = (None, None)  # (epoch, permutation), replaced as one: a producer thread may read it
 
     def with_shard(self, shard_id):
         """The same stream reading shard ``shard_id`` of every epoch (gradient accumulation)."""
@@ -100,19 +103,26 @@ class BatchStream:
 
     def indices(self, it):
         epoch, k = divmod(it, self.per_epoch)
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, self.stream_id, epoch]).permutation(len(self.domain))
-            self._perm_epoch = epoch
+        cached_epoch, perm = self._perm
+        if epoch != cached_epoch:
+            perm = np.random.default_rng([self.seed, self.stream_id, epoch]).permutation(len(self.domain))
+            self._perm = (epoch, perm)
         start = (k * self.num_shards + self.shard_id) * self.batch_size
-        return self._perm[start:start + self.batch_size]
+        return perm[start:start + self.batch_size]
 
     def batch(self, it):
         idx = self.indices(it)
+        rng = self._rng(it)
+        if self.pipeline is not None:
+            out = [self.pipeline(self.domain, idx, rng), self.domain.labels[idx]]
+            if self.strong_views:  # the strong views are numpy transforms of the float images
+                images = self.loader(self.domain, idx)
+                out.append(np.concatenate([to_nchw(self.strong(images, rng)) for _ in range(self.strong_views)]))
+            return out
         if self.loader is not None:
             images = self.loader(self.domain, idx)
         else:
             images = self.domain.images[idx]
-        rng = np.random.default_rng([self.seed, self.stream_id, 1_000_003, it, self.shard_id])
         labels = self.domain.labels[idx]
         if self.joint is not None:
             images, labels = self.joint(images, labels, rng)
@@ -120,6 +130,25 @@ class BatchStream:
         if self.strong_views:
             out.append(np.concatenate([to_nchw(self.strong(images, rng)) for _ in range(self.strong_views)]))
         return out
+
+
+    def batches(self, first, last):
+        """``[self.batch(it) for it in range(first, last)]`` as an iterator (close it to stop early).
+
+        File domains whose pipeline can ``stream`` decode in ``mindspore.dataset``'s C++ threads,
+        ahead of the host-drawn crops: the same batches, produced faster.
+        """
+        stream = getattr(self.pipeline, "stream", None)
+        if stream is None or self.strong_views or not getattr(self.domain, "streamable", False):
+            for it in range(first, last):
+                yield self.batch(it)
+            return
+        plans = ((self.indices(it), self._rng(it)) for it in range(first, last))
+        for x, idx in stream(self.domain, plans, self.batch_size):
+            yield [x, self.domain.labels[idx]]
+
+    def _rng(self, it):
+        return np.random.default_rng([self.seed, self.stream_id, 1_000_003, it, self.shard_id])
 
 
 def to_nchw(images):

@@ -19,7 +19,19 @@ alphabetical class list (= its label numbering); TLlib-derived ImageCLEF loaders
 only '0'..'11', and we give them the 12 category names in alphabetical order (names are for
 display; labels always come from the list files). The train and test splits of a
 domain are the same full domain, as in the DA literature.
+
+Decoding runs in MindSpore's C++ image ops (``mindspore.dataset.vision`` eager ``Decode`` /
+``Resize`` / ``ResizedCrop`` / ``Crop`` / ``HorizontalFlip``) on a thread pool; the training
+pipeline (:class:`FileTrainPipeline`) keeps images uint8 until one vectorised normalisation per
+batch. The random crop/flip parameters are drawn on the host from the batch stream's per-iteration
+``rng`` exactly as the numpy transforms in ``datasets.transforms`` draw them, so a batch is still a
+pure function of ``(seed, stream, iteration, shard)``. Every file of a domain is decoded once up
+front (:func:`check_images`), all bad files are reported in one error, and files that passed are
+remembered by ``(path, size, mtime)`` in ``<cache dir>/image_check.json`` (``$DA_CACHE_DIR``, else
+``$XDG_CACHE_HOME/da-mindspore``, else ``~/.cache/da-mindspore``) so reruns skip them.
 """
+import io
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +42,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.base import DatasetMissingError, ImageDomain
+from datasets.transforms import _crop_boxes
 from engine.registry import DATASETS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -78,15 +91,83 @@ IMAGECLEF = FileDataset(
 
 
 # --------------------------------------------------------------------------- decoding
-def decode_image(path, size):
-    """RGB float32 HWC in [0, 1], resized to ``size`` x ``size`` (bilinear, PIL antialiasing)."""
+_UNDECODABLE = (OSError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError)
+
+
+def _vision():
+    import mindspore.dataset.vision as vision  # imported late: MindSpore must load after engine's settings
+
+    return vision
+
+
+@lru_cache(maxsize=None)
+def _decoder():
+    return _vision().Decode()
+
+
+def _reason(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _undecodable(path, err):
+    return DatasetMissingError(f"cannot decode image {path} ({_reason(err)}); re-extract it or remove it from the "
+                               "image list")
+
+
+def _complete_jpeg(data):
+    """JPEG start and end markers present (trailing zero padding allowed)."""
+    return data[:2].tobytes() == b"\xff\xd8" and data[-1024:].tobytes().rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def _pillow_rgb(path, data=None):
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DatasetMissingError(f"cannot decode image {path} ({str(err).splitlines()[0]}); "
-                                  "re-extract it or remove it from the image list") from None
-    return np.asarray(img, dtype=np.float32) / 255.0
+        with Image.open(io.BytesIO(data.tobytes()) if data is not None else path) as img:
+            return np.asarray(img.convert("RGB"))
+    except _UNDECODABLE as err:
+        error = _undecodable(path, err)
+        error.reason = _reason(err)
+        raise error from None
+
+
+def decode_rgb(path):
+    """RGB uint8 HWC of an image file, decoded by MindSpore's C++ ``vision.Decode`` (libjpeg-turbo).
+
+    Only complete JPEGs go to ``Decode``: MindSpore 2.8's ``Decode`` kills the process with a
+    floating-point exception on a truncated JPEG. Other formats, and grey, CMYK or alpha images,
+    which ``Decode`` leaves with other than 3 channels, are decoded by Pillow, which also names the
+    problem of a file that cannot be decoded.
+    """
+    data = np.fromfile(path, np.uint8)
+    if _complete_jpeg(data):
+        try:
+            image = _decoder()(data)
+            if image.ndim == 3 and image.shape[2] == 3:
+                return image
+        except _UNDECODABLE:
+            pass  # Pillow decides, and names the problem
+    return _pillow_rgb(path, data)
+
+
+@lru_cache(maxsize=None)
+def _resizer(height, width, shrink):
+    vision = _vision()
+    # AREA (a box filter) when shrinking, as Pillow's antialiased resize; LINEAR when enlarging
+    return vision.Resize((height, width), vision.Inter.AREA if shrink else vision.Inter.LINEAR)
+
+
+def decode_resized(path, size):
+    """RGB uint8 ``size`` x ``size`` x 3 of an image file (the shape every Office image is brought to)."""
+    image = decode_rgb(path)
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    return _resizer(size, size, h >= size and w >= size)(image)
+
+
+def decode_image(path, size):
+    """RGB float32 HWC in [0, 1], resized to ``size`` x ``size`` (evaluation, channel statistics)."""
+    return decode_resized(path, size).astype(np.float32) / 255.0
 
 
 @lru_cache(maxsize=None)
@@ -94,21 +175,192 @@ def _pool(workers):
     return ThreadPoolExecutor(workers, thread_name_prefix="decode")
 
 
+def _map(fn, items, workers):
+    if workers > 1 and len(items) > 1:
+        return list(_pool(workers).map(fn, items))
+    return [fn(x) for x in items]
+
+
 def load_batch(domain, indices):
     """NHWC float32 images of ``domain[indices]`` in the order given, decoded on a thread pool.
 
-    Pillow releases the GIL while decoding and resizing, so threads scale across cores; each
-    image is decoded independently, so the result does not depend on the number of workers.
+    Each image is decoded independently, so the result does not depend on the number of workers.
     """
     paths = [domain.paths[i] for i in np.asarray(indices).reshape(-1)]
-    if domain.num_workers > 1 and len(paths) > 1:
-        images = list(_pool(domain.num_workers).map(decode_image, paths, [domain.size] * len(paths)))
-    else:
-        images = [decode_image(p, domain.size) for p in paths]
-    out = np.empty((len(paths), domain.size, domain.size, 3), np.float32)
-    for k, image in enumerate(images):
-        out[k] = image
-    return out
+    images = _map(lambda p: decode_resized(p, domain.size), paths, domain.num_workers)
+    return np.stack(images).astype(np.float32) / 255.0 if images else \
+        np.empty((0, domain.size, domain.size, 3), np.float32)
+
+
+class FileTrainPipeline:
+    """``pipeline(domain, indices, rng) -> NCHW float32``: decode, augment and normalise one batch.
+
+    Equivalent to ``datasets.transforms.build_transform(augment, size, 3, mean, std, bgr)`` on
+    :func:`load_batch` images, with the same draws from ``rng`` in the same order (so resume and
+    seeds give the same crops), but the crop/resize/flip run per image in MindSpore's C++ ops on
+    uint8 (OpenCV-style bilinear with half-pixel centres, as the numpy transform) and the images
+    are normalised once per batch. ``augment``: ``imagenet`` (RandomResizedCrop + flip),
+    ``flip_crop`` (random crop + flip), ``none`` / ``center_crop`` (centre crop).
+    """
+
+    AUGMENTS = ("imagenet", "flip_crop", "none", "center_crop")
+
+    def __init__(self, augment, size, mean, std, bgr=False):
+        if augment not in self.AUGMENTS:
+            raise ValueError(f"FileTrainPipeline: no C++ path for transform {augment!r}; valid: {self.AUGMENTS}")
+        self.augment, self.size, self.bgr = augment, int(size), bool(bgr)
+        std = np.asarray(std, np.float32)
+        # (x / 255 - mean) / std == x * scale - shift, per channel
+        self.scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self.shift = (np.asarray(mean, np.float32) / std).astype(np.float32)
+
+    def draw(self, rng, n, resized):
+        """Per-image ``(top, left, height, width, flip)``: the numpy transform's draws, in its order."""
+        s = self.size
+        if self.augment == "imagenet":
+            tops, lefts, heights, widths = _crop_boxes(rng, n, resized, resized)
+            flips = rng.random(n) < 0.5
+        elif self.augment == "flip_crop":
+            tops = rng.integers(0, resized - s + 1, n)
+            lefts = rng.integers(0, resized - s + 1, n)
+            flips = rng.random(n) < 0.5
+            heights = widths = np.full(n, s)
+        else:
+            tops = lefts = np.full(n, (resized - s) // 2)
+            heights = widths = np.full(n, s)
+            flips = np.zeros(n, bool)
+        return [tuple(int(v) for v in box) + (bool(f),) for *box, f in zip(tops, lefts, heights, widths, flips)]
+
+    def crop(self, image, box):
+        vision = _vision()
+        top, left, height, width, flip = box
+        if (height, width) == (self.size, self.size):
+            if (height, width) != image.shape[:2]:
+                image = vision.Crop((top, left), (height, width))(image)
+        else:
+            image = vision.ResizedCrop(top, left, height, width, (self.size, self.size), vision.Inter.LINEAR)(image)
+        return vision.HorizontalFlip()(image) if flip else image
+
+    def normalize(self, images):
+        """NHWC uint8 -> NCHW float32 ``(x / 255 - mean) / std``, channels reversed under ``bgr``."""
+        out = np.empty((len(images), 3, self.size, self.size), np.float32)
+        for c in range(3):
+            np.multiply(images[..., 2 - c if self.bgr else c], self.scale[c], out=out[:, c], dtype=np.float32)
+            out[:, c] -= self.shift[c]
+        return out
+
+    def stream(self, domain, plans, batch_size):
+        """``plans``: ``(indices, rng)`` per batch of ``batch_size`` -> iterator of ``(x NCHW float32, indices)``.
+
+        The same batches as ``self(domain, indices, rng)`` for each plan in turn, but the decode and
+        the resize to ``domain.size`` run in ``mindspore.dataset``'s C++ worker threads
+        (``num_workers`` of them, outside the GIL), ahead of the crops. Only for domains that are
+        :attr:`FileDomain.streamable` (checked JPEGs: the C++ decoder crashes on broken ones).
+        Close the returned generator to stop the engine's threads.
+        """
+        import mindspore.dataset as ds
+
+        vision = _vision()
+
+        def samples():
+            for indices, rng in plans:
+                indices = np.asarray(indices).reshape(-1)
+                for index, box in zip(indices, self.draw(rng, len(indices), domain.size)):
+                    yield np.fromfile(domain.paths[index], np.uint8), np.array(box, np.int32), np.int64(index)
+
+        source = ds.GeneratorDataset(samples, ["image", "box", "index"], shuffle=False, num_parallel_workers=1,
+                                     python_multiprocessing=False)
+        source = source.map([vision.Decode(), vision.Resize((domain.size, domain.size), vision.Inter.AREA)],
+                            input_columns="image", num_parallel_workers=max(1, domain.num_workers))
+        source = source.batch(batch_size, num_parallel_workers=1)
+        iterator = source.create_tuple_iterator(output_numpy=True, num_epochs=1, do_copy=False)
+        try:
+            for images, boxes, indices in iterator:
+                crops = [self.crop(image, tuple(int(v) for v in box[:4]) + (bool(box[4]),))
+                         for image, box in zip(images, boxes)]
+                yield self.normalize(np.stack(crops)), np.array(indices)
+        finally:
+            iterator.stop()
+
+    def __call__(self, domain, indices, rng):
+        indices = np.asarray(indices).reshape(-1)
+        if domain.size < self.size:
+            raise ValueError(f"data.resize_size {domain.size} is smaller than data.image_size {self.size}")
+        drawer = self if rng is not None else FileTrainPipeline("none", self.size, 0, 1)  # eval: centre crop
+        boxes = drawer.draw(rng, len(indices), domain.size)
+        jobs = [(domain.paths[i], box) for i, box in zip(indices, boxes)]
+        return self.normalize(np.stack(_map(lambda job: self.crop(decode_resized(job[0], domain.size), job[1]), jobs,
+                                            domain.num_workers)))
+
+
+# --------------------------------------------------------------------------- up-front check
+def cache_dir():
+    """Where per-user caches go: ``$DA_CACHE_DIR``, else ``$XDG_CACHE_HOME/da-mindspore``, else ``~/.cache/...``."""
+    return os.environ.get("DA_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "da-mindspore")
+
+
+def _file_key(path):
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _checked_size(path):
+    """``[w, h]`` when ``path`` decodes, else why not. JPEGs decode at 1/8 scale (Pillow ``draft``):
+    the whole entropy-coded stream is still read, so truncated or corrupt data still fails."""
+    try:
+        with Image.open(path) as img:
+            size = list(img.size)
+            img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            img.convert("RGB")
+        return size
+    except _UNDECODABLE as err:
+        return _reason(err)
+
+
+def check_images(paths, workers=2, source="", show=20):
+    """Decode every file once; ONE :class:`DatasetMissingError` lists all that fail, else ``[(w, h)]``.
+
+    The check decodes with Pillow, independently of the C++ decoder (which must only see files that
+    decode). Files that decoded are recorded with their byte size, mtime and pixel size in
+    ``<cache_dir()>/image_check.json`` and not decoded again while size and mtime are unchanged.
+    """
+    cache_file = os.path.join(cache_dir(), "image_check.json")
+    try:
+        with open(cache_file, encoding="utf-8") as handle:
+            known = json.load(handle)
+    except (OSError, ValueError):
+        known = {}
+    paths = [os.path.abspath(p) for p in paths]
+    keys, todo = {}, []
+    for path in paths:
+        try:
+            keys[path] = _file_key(path)
+        except OSError:
+            keys[path] = None
+        entry = known.get(path)
+        if keys[path] is None or not entry or len(entry) != 4 or entry[:2] != keys[path]:
+            todo.append(path)
+
+    results = _map(_checked_size, todo, workers)
+    bad = [f"{path} ({why})" for path, why in zip(todo, results) if isinstance(why, str)]
+    good = {path: keys[path] + wh for path, wh in zip(todo, results) if not isinstance(wh, str)}
+    if good:
+        known.update(good)
+        try:
+            os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+            tmp = f"{cache_file}.tmp{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump(known, handle)
+            os.replace(tmp, cache_file)  # atomic: other ranks may read or write it at the same time
+        except OSError:
+            pass  # a read-only home only costs the re-check next time
+    if bad:
+        more = f" and {len(bad) - show} more" if len(bad) > show else ""
+        where = f" of {source}" if source else ""
+        raise DatasetMissingError(f"{len(bad)} of {len(paths)} image file(s){where} cannot be decoded: "
+                                  f"{', '.join(bad[:show])}{more}; re-extract them or remove them from the image list")
+    return [tuple(known[p][2:4]) for p in paths]
 
 
 class FileDomain(ImageDomain):
@@ -116,21 +368,35 @@ class FileDomain(ImageDomain):
 
     batch_loader = staticmethod(load_batch)  # engine.data calls ``loader(domain, idx)``
 
-    def __init__(self, paths, labels, class_names, size, num_workers=2):
+    def __init__(self, paths, labels, class_names, size, num_workers=2, pixel_sizes=None):
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype=np.int32)
         self.class_names = tuple(class_names)
         self.size, self.num_workers = int(size), int(num_workers)
+        self.pixel_sizes = list(pixel_sizes) if pixel_sizes is not None else None  # [(w, h)] from check_images
         if len(self.paths) != len(self.labels):
             raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
+
+    @property
+    def streamable(self):
+        """Checked JPEGs, none smaller than ``size``: the dataset engine may decode them (see ``stream``)."""
+        return self.pixel_sizes is not None and all(p.lower().endswith((".jpg", ".jpeg")) for p in self.paths) \
+            and all(w >= self.size and h >= self.size for w, h in self.pixel_sizes)
 
     def load(self, index):
         return decode_image(self.paths[index], self.size)
 
+    def train_pipeline(self, augment, size, channels, mean, std, bgr=False):
+        """The C++ batch pipeline for ``augment``, or None where only the numpy transform exists."""
+        if channels != 3 or augment not in FileTrainPipeline.AUGMENTS:
+            return None
+        return FileTrainPipeline(augment, size, mean, std, bgr)
+
     def subset(self, indices):
         indices = np.asarray(indices).reshape(-1)
         return FileDomain([self.paths[i] for i in indices], self.labels[indices], self.class_names,
-                          self.size, self.num_workers)
+                          self.size, self.num_workers,
+                          None if self.pixel_sizes is None else [self.pixel_sizes[i] for i in indices])
 
 
 # --------------------------------------------------------------------------- discovery
@@ -160,8 +426,10 @@ def read_image_list(list_path, root, num_classes):
             labels.append(label)
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise DatasetMissingError(f"{list_path} lists {len(missing)} missing file(s), first {missing[0]}; "
-                                  "the list paths must be relative to the dataset root")
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise DatasetMissingError(f"{list_path} lists {len(missing)} missing file(s), first {min(len(missing), 20)}: "
+                                  f"{', '.join(missing[:20])}{more}; the list paths must be relative to the dataset "
+                                  "root")
     return paths, labels
 
 
@@ -224,8 +492,9 @@ def build_file_domain(spec, cfg, data_cfg):
             raise ValueError(f"{spec.name} domain {domain!r} has {len(paths)} images in {n_classes} classes at "
                              f"{source}, expected {spec.counts[domain]} in {len(spec.classes)}; the copy is "
                              "incomplete or a different version (set verify_counts: false to use it anyway)")
+    pixel_sizes = check_images(paths, data_cfg.num_workers, source)
     size = data_cfg.resize_size or data_cfg.image_size
-    return FileDomain(paths, labels, spec.classes, size, data_cfg.num_workers)
+    return FileDomain(paths, labels, spec.classes, size, data_cfg.num_workers, pixel_sizes)
 
 
 @DATASETS.register("office31")

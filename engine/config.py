@@ -52,6 +52,7 @@ class DataCfg:
     seg_augment: Dict[str, Any] = field(default_factory=dict)  # segmentation: {scale: [lo, hi], crop: [w, h], flip: bool}
     strong_transform: str = "digits_strong"  # augmentation of the extra views regularizers ask for (OCR, IIMT)
     num_workers: int = 2
+    prefetch: int = 2                # batches prepared ahead of the step on a background thread (0 = inline)
     source_val_fraction: float = 0.1  # labelled source images held out for label-free selection
 
 

@@ -87,7 +87,12 @@ def build_data(cfg, seed, num_shards=1, shard_id=0, strong_views=0):
     eval_tf = train_tf  # every transform is deterministic when called with rng=None (e.g. centre crop)
     strong_tf = build_transform(d.strong_transform, d.image_size, d.channels, mean, std, bgr)
     joint = build_seg_augment(d.seg_augment) if segmentation and d.seg_augment else None
+
+    def pipeline(dom):  # file domains decode and augment in C++ ops, with the numpy transform's draws
+        make = getattr(dom, "train_pipeline", None)
+        return make(d.train_transform, d.image_size, d.channels, mean, std, bgr) if make is not None else None
+
     streams = [BatchStream(dom, d.batch_size, seed, sid, train_tf, strong_tf, num_shards, shard_id,
-                           getattr(dom, "batch_loader", None), strong_views, joint)
+                           getattr(dom, "batch_loader", None), strong_views, joint, pipeline(dom))
                for sid, dom in ((SOURCE_STREAM, source), (TARGET_STREAM, target))]
     return DataBundle(streams[0], streams[1], target_test, source_val, eval_tf, source.num_classes, loader)

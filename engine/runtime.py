@@ -5,7 +5,10 @@ On CPU, MindSpore 2.x is 30-180x slower than it needs to be on small machines be
 (b) busy-waiting host threads starve the cores. Both are fixed by environment variables
 that must be set before the first MindSpore op. A value the user already set is kept.
 """
+import contextlib
+import logging
 import os
+import re
 import shutil
 
 CPU_ENV_DEFAULTS = {
@@ -23,6 +26,30 @@ def detect_device():
     if os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi"):
         return "GPU"
     return "CPU"
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device has no backend in this MindSpore install (or no working driver)."""
+
+
+@contextlib.contextmanager
+def _quiet_mindspore_log():
+    """MindSpore logs its CUDA/CANN library probe at ERROR level before raising; the raise is enough."""
+    from mindspore import log as ms_log
+
+    # MindSpore's own logger (per process, named by pid); only a private getter returns it
+    logger = getattr(ms_log, "_get_logger", lambda: logging.getLogger("mindspore"))()
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _supported_devices(err):
+    found = re.search(r"only supports one of the \[([^\]]*)\]", str(err))
+    return ", ".join(d.strip(" '\"") for d in found.group(1).split(",")) if found else "CPU"
 
 
 def resolve_device(device="auto"):
@@ -43,17 +70,25 @@ def configure_cpu_env(device=None):
 
 def init_mindspore(device="auto", mode="graph", seed=0, deterministic=True):
     """Pick the device (Ascend -> GPU -> CPU when 'auto'), set graph/pynative mode and seeds."""
+    explicit = device not in (None, "auto") or bool(os.environ.get("DA_DEVICE"))
     device = configure_cpu_env(device)
     import mindspore as ms
 
+    requested = device
     if device != "CPU":
         try:
-            ms.set_device(device)
-        except Exception as err:  # pragma: no cover - only on machines with a broken accelerator
-            if os.environ.get("DA_DEVICE") or device != detect_device():
-                raise RuntimeError(f"cannot use device {device}: {err}") from err
+            with _quiet_mindspore_log():
+                ms.set_device(device)
+        except Exception as err:  # noqa: BLE001 - MindSpore raises RuntimeError/ValueError; reworded below
+            if explicit:
+                raise DeviceUnavailableError(
+                    f"--device {device} is not available: this MindSpore {ms.__version__} install supports "
+                    f"{_supported_devices(err)} (on this machine); install the MindSpore {device} package "
+                    f"(https://www.mindspore.cn/install) or pass --device CPU") from None
             device = "CPU"
             ms.set_device("CPU")
+            logging.getLogger("da").info("device auto: %s found but this MindSpore install cannot use it (%s); "
+                                         "running on CPU", requested, _supported_devices(err))
     else:
         ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)

@@ -15,6 +15,7 @@ from engine import checkpoint
 from engine.config import config_hash, dump_config
 from engine.data import build_data
 from engine.distributed import ranks_agree
+from engine.prefetch import Prefetcher
 from engine.optim import LossScaleState, apply_amp, build_loss_scaler, build_optimizer
 from engine.evaluators import evaluate
 from engine.registry import METHODS, REGULARIZERS
@@ -199,8 +200,9 @@ class AccumStep:
     Parameter buffers, then one jitted apply-step all-reduces (data parallel), unscales and
     checks (mixed precision) and applies them, and zeroes the buffers. The update equals one
     step on the k micro-batches joined (for losses that are batch means), and a later group
-    (ADDA's encoder) sees the earlier group's update, as in the fused step. Returns host floats:
-    the per-key mean over the micro-batches, then the overflow flag under loss scaling.
+    (ADDA's encoder) sees the earlier group's update, as in the fused step. Returns 0-d Tensors,
+    left on the device like the fused step's: the per-key mean over the micro-batches, then the
+    overflow flag (any unit) under loss scaling.
     """
 
     def __init__(self, phase, loss_cells, optimizers, loss_scalers, group_size, k):
@@ -246,12 +248,14 @@ class AccumStep:
     def __call__(self, batches, t):
         if len(batches) != self.k:
             raise ValueError(f"expected {self.k} micro-batches (train.grad_accum), got {len(batches)}")
-        values, overflow = [], False
+        values, overflow = [], None
         for micro, apply in zip(self.micro, self.apply):
-            outs = [[float(v.asnumpy()) for v in micro(batch, t)] for batch in batches]
-            values += [float(v) for v in np.mean(outs, axis=0)]
+            outs = [micro(batch, t) for batch in batches]
+            # per-key mean over the micro-batches, kept on the device like the fused step's outputs
+            values += [sum(o[j].astype(ms.float32) for o in outs) / self.k for j in range(len(outs[0]))]
             flag = apply()
-            overflow = overflow or (self.scaling and bool(flag.asnumpy()))
+            if self.scaling:
+                overflow = flag if overflow is None else ops.logical_or(overflow, flag)
         return tuple(values) + ((overflow,) if self.scaling else ())
 
 
@@ -273,6 +277,50 @@ def ckpt_state(optimizers, scalers):
 
 def _host_float(value):
     return float(value.asnumpy()) if isinstance(value, Tensor) else float(value)
+
+
+class StepMonitor:
+    """Step outputs held on the device until :meth:`read_back`, then checked in iteration order.
+
+    A NaN/Inf value stops the run naming the key and the iteration it first appeared at; under
+    mixed precision the last output is the overflow flag: an overflowed (skipped) update is
+    counted, not checked, and too many in a row stop the run.
+    """
+
+    def __init__(self, trainer, phase, keys, scalers):
+        self.trainer, self.phase, self.keys, self.scalers = trainer, phase, keys, scalers
+        self.max_overflows = int(math.log2(max(trainer.cfg.train.loss_scale, 1.0))) + 20  # scale reaches 1, +20
+        self.pending, self.window, self.overflows, self.in_a_row = [], [], 0, 0
+
+    def add(self, it, outputs):
+        self.pending.append((it, outputs))
+
+    def read_back(self):
+        pending, self.pending = self.pending, []
+        for it, outputs in pending:
+            values = [_host_float(v) for v in outputs]
+            overflow = bool(self.scalers) and values.pop() > 0
+            if overflow:  # the update was skipped and the loss scale lowered: not a divergence
+                self.overflows, self.in_a_row = self.overflows + 1, self.in_a_row + 1
+                if self.in_a_row > self.max_overflows:
+                    self.trainer.diverged(
+                        f"gradients overflowed {self.in_a_row} updates in a row (loss scale "
+                        f"{self.trainer.loss_scale(self.scalers):g}) at {self.phase.name} iteration {it} under "
+                        "mixed precision (train.amp_level=O0 turns it off)")
+                continue
+            self.in_a_row = 0
+            if not all(math.isfinite(v) for v in values):
+                bad = self.keys[[math.isfinite(v) for v in values].index(False)]
+                self.trainer.diverged(f"{bad} became NaN/Inf at {self.phase.name} iteration {it}")
+            self.window.append(values)
+
+    def summary(self):
+        """Mean of each key since the last summary (plus overflow count and loss scale under amp)."""
+        rec = {k: float(v) for k, v in zip(self.keys, np.mean(self.window, axis=0))} if self.window else {}
+        if self.scalers:
+            rec.update(overflow_steps=self.overflows, loss_scale=self.trainer.loss_scale(self.scalers))
+        self.window, self.overflows = [], 0
+        return rec
 
 
 class Trainer:
@@ -381,11 +429,13 @@ class Trainer:
             os.replace(tmp, os.path.join(self.run_dir, RESULTS))
         return final
 
-    def make_batch(self, method, data, it, micro=0):
-        """The batch dict of iteration ``it`` (micro-batch ``micro`` of it under gradient accumulation)."""
+    def make_batch(self, method, data, it, micro=0, drawn=None):
+        """The batch dict of iteration ``it`` (micro-batch ``micro`` of it under gradient accumulation).
+
+        ``drawn``: the (source, target) stream batches of ``it`` when already made (the prefetcher's).
+        """
         source, target = self.streams[micro] if self.streams else (data.source, data.target)
-        x_s, y_s, *s_strong = source.batch(it)
-        x_t, _unused_target_labels, *t_strong = target.batch(it)
+        (x_s, y_s, *s_strong), (x_t, _unused_target_labels, *t_strong) = drawn or (source.batch(it), target.batch(it))
         batch = {"x_s": x_s, "y_s": y_s.astype(np.int32), "x_t": x_t}
         if method.strong_views:
             batch["x_s_strong"], batch["x_t_strong"] = s_strong[0], t_strong[0]
@@ -401,60 +451,71 @@ class Trainer:
             return self.make_batch(method, data, it)
         return tuple(self.make_batch(method, data, it, j) for j in range(k))
 
+    def prefetcher(self, method, data, phase, first):
+        """``(step input, progress Tensor)`` of iterations ``first..phase.iters - 1``, built ``data.prefetch`` ahead.
+
+        Each stream is read in order through ``BatchStream.batches`` (file domains decode there in
+        the dataset engine's threads); the result equals ``step_input(method, data, it)``.
+        """
+        pairs = self.streams or [(data.source, data.target)]
+        feeds = [tuple(stream.batches(first, phase.iters) for stream in pair) for pair in pairs]
+
+        def make(it):
+            inputs = tuple(self.make_batch(method, data, it, j, [next(feed) for feed in feeds[j]])
+                           for j in range(len(feeds)))
+            return inputs[0] if self.cfg.train.grad_accum == 1 else inputs, Tensor(it / phase.iters, ms.float32)
+
+        def close_feeds():
+            for pair in feeds:
+                for feed in pair:
+                    feed.close()
+
+        return Prefetcher(make, first, phase.iters, self.cfg.data.prefetch, name=f"batches-{phase.name}",
+                          cleanup=close_feeds)
+
     def run_phase(self, method, phase, phase_idx, optimizers, data, first, scalers=None):
+        """Steps ``first..phase.iters - 1``; outputs stay on the device and are read back (and checked
+        for NaN/Inf) every ``train.log_every`` iterations and before every checkpoint."""
         cfg = self.cfg.train
         scalers = scalers or {}
         step = make_step(phase, method.loss_cells(phase), optimizers, scalers, self.group_size, cfg.grad_accum)
-        keys = method.step_log_keys(phase)
-        max_overflows = int(math.log2(max(cfg.loss_scale, 1.0))) + 20  # the scale reaches 1, then 20 more
-        history, window, tick, since, overflows, in_a_row = [], [], time.time(), 0, 0, 0
-        bar = None
+        monitor = StepMonitor(self, phase, method.step_log_keys(phase), scalers)
+        tick, since = time.time(), 0
+        history, bar = [], None
         if self.show_progress:
             from tqdm import tqdm
 
             bar = tqdm(total=phase.iters, initial=first, desc=phase.name, dynamic_ncols=True, leave=False)
-        for it in range(first, phase.iters):  # one iteration = one optimizer update per group
-            out = step(self.step_input(method, data, it), Tensor(it / phase.iters, ms.float32))
-            values = [_host_float(v) for v in out]
-            overflow = bool(scalers) and values.pop() > 0
-            since += 1
-            if overflow:  # the update was skipped and the loss scale lowered: not a divergence
-                overflows, in_a_row = overflows + 1, in_a_row + 1
-                if in_a_row > max_overflows:
-                    self.diverged(f"gradients overflowed {in_a_row} updates in a row (loss scale "
-                                  f"{self.loss_scale(scalers):g}) at {phase.name} iteration {it} under "
-                                  "mixed precision (train.amp_level=O0 turns it off)")
-            else:
-                in_a_row = 0
-                if not all(math.isfinite(v) for v in values):
-                    bad = keys[[math.isfinite(v) for v in values].index(False)]
-                    self.diverged(f"{bad} became NaN/Inf at {phase.name} iteration {it}")
-                window.append(values)
-            done = it + 1
-            if bar is not None:
-                bar.update(1)
-                if done % 10 == 0 and window:
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in zip(keys[:4], window[-1][:4])})
-            if done % cfg.log_every == 0 or done == phase.iters:
-                rec = {"phase": phase.name, "iter": done}
-                if window:
-                    rec.update({k: float(v) for k, v in zip(keys, np.mean(window, axis=0))})
-                rec["sec_per_iter"] = (time.time() - tick) / since
-                if scalers:
-                    rec.update(overflow_steps=overflows, loss_scale=self.loss_scale(scalers))
-                window, tick, since, overflows = [], time.time(), 0, 0
-                if done % cfg.eval_every == 0 or done == phase.iters:
-                    rec.update(self.eval_record(method, data))
-                    history.append(rec)
-                self.write_metrics(rec)
-                log.info(json.dumps(rec))
-            if done % cfg.ckpt_every == 0 or done == phase.iters:
-                # every rank checks (the parameters are the same on all), so all stop together
-                if not all(np.isfinite(p.asnumpy()).all() for p in method.trainable_params()):
-                    self.diverged(f"parameters became NaN/Inf at {phase.name} iteration {done}")
-                if self.is_main:
-                    checkpoint.save(self.ckpt_path, method, ckpt_state(optimizers, scalers), iter=done,
-                                    phase=phase_idx, cfg_hash=self.hash, finished=False, seed=self.cfg.train.seed)
+        with self.prefetcher(method, data, phase, first) as batches:
+            for it in range(first, phase.iters):  # one iteration = one optimizer update per group
+                monitor.add(it, step(*batches.get()))
+                since += 1
+                done = it + 1
+                if bar is not None:
+                    bar.update(1)
+                log_now = done % cfg.log_every == 0 or done == phase.iters
+                ckpt_now = done % cfg.ckpt_every == 0 or done == phase.iters
+                if log_now or ckpt_now:
+                    monitor.read_back()  # the only host sync of the step outputs
+                    if bar is not None and monitor.window:
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in zip(monitor.keys[:4], monitor.window[-1][:4])})
+                if log_now:
+                    rec = {"phase": phase.name, "iter": done, **monitor.summary()}
+                    rec["sec_per_iter"] = (time.time() - tick) / since
+                    tick, since = time.time(), 0
+                    if done % cfg.eval_every == 0 or done == phase.iters:
+                        rec.update(self.eval_record(method, data))
+                        history.append(rec)
+                    self.write_metrics(rec)
+                    log.info(json.dumps(rec))
+                if ckpt_now:
+                    # every rank checks (the parameters are the same on all), so all stop together
+                    if not all(np.isfinite(p.asnumpy()).all() for p in method.trainable_params()):
+                        self.diverged(f"parameters became NaN/Inf at {phase.name} iteration {done}")
+                    if self.is_main:
+                        checkpoint.save(self.ckpt_path, method, ckpt_state(optimizers, scalers), iter=done,
+                                        phase=phase_idx, cfg_hash=self.hash, finished=False,
+                                        seed=self.cfg.train.seed)
         if bar is not None:
             bar.close()
         return history

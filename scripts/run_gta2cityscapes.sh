@@ -24,12 +24,8 @@ SEG_SMOKE_OPTS=(model.pretrained=null "model.backbone_kwargs.layers=[1,1,1,1]" "
 
 if [ -n "$(ls -A "$GTA5_ROOT" 2>/dev/null)" ] && [ -n "$(ls -A "$CITYSCAPES_ROOT" 2>/dev/null)" ]; then
     METHODS=${METHODS:-"source_only adaptsegnet_single adaptsegnet"}
-    if [ "$SMOKE" != 1 ] && [[ " $OPTS " != *" model.pretrained="* ]] && [ ! -f "$SEG_PRETRAINED" ]; then
-        echo "error: DeepLab init weights not found at $SEG_PRETRAINED: python tools/convert_torchvision.py" \
-             "DeepLab_resnet_pretrained_init-f81d91e8.pth $SEG_PRETRAINED --arch deeplabv2_resnet101 (see README" \
-             "\"GTA5 -> Cityscapes\"), or OPTS=\"model.pretrained=null\" for random init" >&2
-        exit 1
-    fi
+    require_weights "DeepLab init weights" "$SEG_PRETRAINED" "python tools/convert_torchvision.py \
+DeepLab_resnet_pretrained_init-f81d91e8.pth $SEG_PRETRAINED --arch deeplabv2_resnet101 (see README \"GTA5 -> Cityscapes\")"
     EXTRA_OPTS=("data.source.root=$GTA5_ROOT" "data.target.root=$CITYSCAPES_ROOT")
     if [ "$SMOKE" = 1 ]; then EXTRA_OPTS+=("${SEG_SMOKE_OPTS[@]}"); fi
 else

@@ -33,14 +33,17 @@ image_suite() {  # "<dataset name>" "<what goes under DATA_ROOT>": check data an
         fi
         echo "$msg" >&2; exit 1
     fi
-    if [ "$SMOKE" != 1 ] && [[ " $OPTS " != *" model.pretrained="* ]] && [ ! -f "$PRETRAINED" ]; then
-        echo "error: ImageNet weights not found at $PRETRAINED: python tools/convert_torchvision.py" \
-             "resnet50-0676ba61.pth $PRETRAINED (torchvision's IMAGENET1K_V1 ResNet-50), or OPTS=\"model.pretrained=null\"" \
-             "for random init" >&2
-        exit 1
-    fi
+    require_weights "ImageNet weights" "$PRETRAINED" \
+        "python tools/convert_torchvision.py resnet50-0676ba61.pth $PRETRAINED (torchvision's IMAGENET1K_V1 ResNet-50)"
     EXTRA_OPTS=("data.source.root=$DATA_ROOT" "data.target.root=$DATA_ROOT")
     if [ "$SMOKE" = 1 ]; then EXTRA_OPTS+=("${SMOKE_OPTS[@]}"); fi
+}
+
+require_weights() {  # "<what>" <path> "<how to make them>": stop unless they exist, SMOKE=1 or OPTS sets model.pretrained
+    if [ "$SMOKE" != 1 ] && [[ " $OPTS " != *" model.pretrained="* ]] && [ ! -f "$2" ]; then
+        echo "error: $1 not found at $2: $3, or OPTS=\"model.pretrained=null\" for random init" >&2
+        exit 1
+    fi
 }
 
 run_one() {  # method task seed

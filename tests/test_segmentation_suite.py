@@ -100,3 +100,13 @@ def test_missing_gta5_is_one_line_from_the_cli(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "gta5" in lines[0].lower(), proc.stderr[-2000:]
+
+
+def test_suite_refuses_without_deeplab_weights(tiny_trees, tmp_path):
+    gta, city = tiny_trees
+    proc = run_suite({"SEEDS": "0", "RUNS": str(tmp_path / "runs"), "GTA5_ROOT": str(gta),
+                      "CITYSCAPES_ROOT": str(city)}, timeout=60)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: DeepLab init weights not found at data/pretrained/deeplabv2_resnet101_init.ckpt")
+    assert "--arch deeplabv2_resnet101" in lines[0] and not (tmp_path / "runs").exists()
