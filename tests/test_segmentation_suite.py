@@ -72,7 +72,7 @@ def test_suite_falls_back_to_digitscenes_without_data(tmp_path):
                       "OPTS": "train.iters=4 train.log_every=2 train.eval_every=2 train.ckpt_every=2"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "Running the embedded DigitScenes" in proc.stdout
-    assert "| method | 0 | 1 |" in proc.stdout and "AdaptSegNet (paper)" in proc.stdout
+    assert "| method | 0 | 1 |" in proc.stdout and "AdaptSegNet (PyTorch reference)" in proc.stdout
     again = run_suite({"SEEDS": "0", "METHODS": "source_only adaptsegnet", "RUNS": str(runs),
                        "GTA5_ROOT": str(tmp_path / "none"), "CITYSCAPES_ROOT": str(tmp_path / "none")})
     assert again.returncode == 0 and again.stdout.count("[skip]") == 2 and "[run]" not in again.stdout
@@ -86,11 +86,11 @@ def test_per_class_table_means_over_seeds(tmp_path):
             "metric": "miou", "target_miou": miou, "target_per_class": [first, float("nan")],
             "class_names": ["a", "b"]}))
     text = render_per_class(collect(str(tmp_path), per_class=True),
-                            {"adaptsegnet": {"digitscenes": {"label": "paper", "miou": 31.7}}})
+                            {"adaptsegnet": {"digitscenes": {"label": "reference", "miou": 31.7}}})
     lines = text.splitlines()
     assert lines[2] == "| method | a | b | mIoU |"
     assert lines[4] == "| adaptsegnet | 60.0 | nan | **35.0 ± 5.0 (n=2)** |"
-    assert lines[5] == "| paper (paper) | — | — | 31.7 |"
+    assert lines[5] == "| reference | — | — | 31.7 |"
 
 
 def test_missing_gta5_is_one_line_from_the_cli(tmp_path):

@@ -67,7 +67,7 @@ def render_per_class(table, paper=None, tasks=None, methods=None):
                 continue
             row = rows[task]
             values = row.get("per_class") or ["—"] * len(names)
-            lines.append(f"| {row.get('label', method)} (paper) | " + " | ".join(
+            lines.append(f"| {row.get('label', method + ' (published)')} | " + " | ".join(
                 v if isinstance(v, str) else f"{v:.1f}" for v in values) + f" | {row['miou']:.1f} |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
