@@ -153,3 +153,109 @@ def imagenet(images, rng, size):
         return images[batch, y, x0[:, None, :]] * (1 - fx) + images[batch, y, x1[:, None, :]] * fx
 
     return (rows(y0) * (1 - fy) + rows(y1) * fy).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- OCR's strong view
+def _resize_bilinear(images, height, width):
+    """Bilinear resize (half-pixel centres) of (N, H, W, C) to (N, height, width, C)."""
+    n, h, w = images.shape[:3]
+    full = np.zeros(n, int)
+    y0, y1, fy = _sample_grid(full, np.full(n, h), height)
+    x0, x1, fx = _sample_grid(full, np.full(n, w), width)
+    batch = np.arange(n)[:, None, None]
+    fy, fx = fy[:, :, None, None], fx[:, None, :, None]
+
+    def rows(y):
+        y = y[:, :, None]
+        return images[batch, y, x0[:, None, :]] * (1 - fx) + images[batch, y, x1[:, None, :]] * fx
+
+    return (rows(y0) * (1 - fy) + rows(y1) * fy).astype(np.float32, copy=False)
+
+
+def _grayscale(images):
+    """ITU-R 601 luma, as torchvision's rgb_to_grayscale: (N, H, W, 3) -> (N, H, W, 1)."""
+    return images @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]
+
+
+def _rgb_to_hsv(rgb):
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    high, low = rgb.max(-1), rgb.min(-1)
+    chroma = high - low
+    safe = np.where(chroma > 0, chroma, 1.0)
+    hue = np.where(high == r, ((g - b) / safe) % 6.0, np.where(high == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    hue = np.where(chroma > 0, hue / 6.0, 0.0)
+    sat = np.where(high > 0, chroma / np.where(high > 0, high, 1.0), 0.0)
+    return hue, sat, high
+
+
+def _hsv_to_rgb(hue, sat, value):
+    k = (np.stack([5.0, 3.0, 1.0], -1) + hue[..., None] * 6.0) % 6.0
+    return value[..., None] - value[..., None] * sat[..., None] * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+def _blend(image, other, factor):
+    return np.clip(factor * image + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def _color_jitter(image, rng, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1):
+    """torchvision ColorJitter(0.4, 0.4, 0.4, 0.1) on one (H, W, 3) image: the four adjustments in random order."""
+    factors = {"brightness": rng.uniform(1 - brightness, 1 + brightness),
+               "contrast": rng.uniform(1 - contrast, 1 + contrast),
+               "saturation": rng.uniform(1 - saturation, 1 + saturation), "hue": rng.uniform(-hue, hue)}
+    for op in rng.permutation(["brightness", "contrast", "saturation", "hue"]):
+        f = factors[op]
+        if op == "brightness":
+            image = _blend(image, 0.0, f)
+        elif op == "contrast":
+            image = _blend(image, _grayscale(image[None])[0].mean(), f)
+        elif op == "saturation":
+            image = _blend(image, _grayscale(image[None])[0], f)
+        else:
+            h, s, v = _rgb_to_hsv(image)
+            image = _hsv_to_rgb((h + f) % 1.0, s, v)
+    return image.astype(np.float32)
+
+
+def _gaussian_blur(image, sigma, kernel_size=21):
+    """Separable Gaussian blur with reflect padding (torchvision GaussianBlur): (H, W, C) -> (H, W, C)."""
+    half = kernel_size // 2
+    taps = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    padded = np.pad(image, ((half, half), (half, half), (0, 0)), mode="reflect")
+    h, w = image.shape[:2]
+    rows = sum(taps[k] * padded[k:k + h] for k in range(kernel_size))
+    return sum(taps[k] * rows[:, k:k + w] for k in range(kernel_size)).astype(np.float32)
+
+
+@TRANSFORMS.register("ocr_strong")
+def ocr_strong(images, rng, size):
+    """OCR's content-preserving strong view (official code: Dassl ``build_transform`` with
+    ``[colorjitter, randomgrayscale, gaussian_blur, random_flip, random_translation]``, Dassl defaults):
+
+    resize to ``size``; horizontal flip (p 0.5); with p 0.5 resize to ``round(1.125 size)`` and take a
+    random ``size`` crop (a translation of at most 1/8 of the side); ColorJitter(0.4, 0.4, 0.4, 0.1);
+    grayscale (p 0.2); Gaussian blur, kernel 21, sigma ~ U(0.1, 2) (p 0.5). No resized crop: the object
+    stays whole, so the residual OCR maximises the entropy of holds no class content.
+    Images (N, H, W, 3) in [0, 1]; eval (``rng=None``) is the plain resize.
+    """
+    images = _resize_bilinear(images, size, size)
+    if rng is None:
+        return images
+    n = images.shape[0]
+    flips = rng.random(n) < 0.5
+    images[flips] = images[flips, :, ::-1]
+    big = int(round(size * 1.125))
+    translate = rng.random(n) < 0.5
+    if translate.any():
+        enlarged = _resize_bilinear(images[translate], big, big)
+        tops, lefts = rng.integers(0, big - size + 1, (2, len(enlarged)))
+        images[translate] = np.stack([e[t:t + size, l:l + size] for e, t, l in zip(enlarged, tops, lefts)])
+    out = np.empty_like(images)
+    for i in range(n):
+        image = _color_jitter(images[i], rng) if images.shape[-1] == 3 else images[i]
+        if rng.random() < 0.2:
+            image = np.repeat(_grayscale(image[None])[0], image.shape[-1], -1)
+        if rng.random() < 0.5:
+            image = _gaussian_blur(image, rng.uniform(0.1, 2.0))
+        out[i] = image
+    return out

@@ -10,6 +10,12 @@ discriminator D while the source encoder E_s (a frozen copy of E) and C stay fix
 Both updates run in one jitted step, D first. At test time target images go through E_t and C.
 Here ``self.model`` holds E_t and C (so evaluation needs nothing special) and
 ``self.source_model`` holds E_s.
+
+E_s is frozen in inference mode, as in pytorch-adda (corenel/pytorch-adda ``core/adapt.py``, where
+the source encoder stays in the eval mode ``eval_src`` left it in): dropout off, BatchNorm on its
+running statistics, which therefore never drift. ``set_train`` keeps it there whatever the trainer asks.
+Deliberate difference: D has one logit and BCE (the paper's loss) where pytorch-adda's critic has
+two logits and cross-entropy.
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict
@@ -44,6 +50,11 @@ class ADDA(Method):
             param.requires_grad = False
         self.discriminator = DISCRIMINATORS.build("mlp", model.features_dim, hidden=params.disc_hidden,
                                                   batch_norm=params.disc_batch_norm)
+
+    def set_train(self, mode=True):
+        super().set_train(mode)
+        self.source_model.set_train(False)  # the frozen source encoder always runs in inference mode
+        return self
 
     def phases(self):
         return [Phase("source_pretrain", self.params.pretrain_iters or self.train_cfg.iters),

@@ -54,21 +54,48 @@ def accuracy(logits, labels):
     return ops.mean((ops.argmax(logits, -1) == labels).astype(ms.float32))
 
 
+def running_stat_parameters(model):
+    """The BatchNorm running means and variances of ``model`` (backbone, bottleneck, SelfNorm gates)."""
+    return tuple(p for _, cell in model.cells_and_names() if isinstance(cell, (nn.BatchNorm1d, nn.BatchNorm2d))
+                 for p in (cell.moving_mean, cell.moving_variance))
+
+
 class Regularizer(nn.Cell):
     """Base of plug-in regularizers: ``construct(model, batch, out, t) -> (weighted loss, aux)``.
 
     ``out`` is ``(g_s, f_s, g_t, f_t)`` from the method's forward pass, so a regularizer only
-    runs the model again when it needs other inputs (augmented or mixed images).
+    runs the model again when it needs other inputs (augmented or mixed images), through
+    :meth:`extra_forward`: a separate training-mode pass (its own batch statistics, dropout on).
+    ``updates_running_stats`` says whether that pass also updates the BatchNorm running statistics
+    (OCR's official code: yes, its second ``model(x_aug)`` is a plain training forward; IIMT after
+    MixMatch's code: no).
     """
 
     log_keys = ()
     strong_views = 0             # extra augmented views of each source/target image it needs
     needs_target = True
+    updates_running_stats = True
 
     def __init__(self, params, num_classes=None, features_dim=None):
         super().__init__()
         self.params = params
         self.weight = params.weight
+        self._running_stats = ()
+
+    def bind_model(self, model):
+        """Called by the method with its model: remembers the running statistics to keep (not registered
+        as this cell's parameters, so checkpoints name them once, under the model)."""
+        object.__setattr__(self, "_running_stats", () if self.updates_running_stats else running_stat_parameters(model))
+
+    def extra_forward(self, model, x):
+        """``model(x)`` in training mode; BatchNorm running statistics restored afterwards unless
+        ``updates_running_stats`` (the pass still normalises with its own batch statistics)."""
+        if not self._running_stats:
+            return model(x)
+        saved = [ops.stop_gradient(p + 0.0) for p in self._running_stats]
+        g, f = model(x)
+        restored = [ops.assign(p, s) for p, s in zip(self._running_stats, saved)]
+        return ops.depend(g, restored), ops.depend(f, restored)
 
     def host_random(self, rng, batch_size):
         """Random draws made on the host (seeded per iteration) and fed in as Tensors."""
@@ -87,6 +114,8 @@ class Method(nn.Cell):
         self.model = model
         self.model_factory = model_factory  # builds another model like ``model`` (ADDA's frozen source encoder)
         self.regularizers = nn.CellList(list(regularizers))
+        for reg in regularizers:
+            reg.bind_model(model)
         self.forward_target = self.uses_target or any(r.needs_target for r in regularizers)
         self.train_cfg = train_cfg
         self.reg_log_keys = tuple(k for r in regularizers for k in r.log_keys)
@@ -104,7 +133,7 @@ class Method(nn.Cell):
 
     def param_groups(self, phase):
         """``{group: [(params, lr_mult), ...]}``; groups are disjoint."""
-        extra = list(self.extra_params()) + self.regularizers.trainable_params()  # e.g. IIMT's discriminator
+        extra = list(self.extra_params()) + self.regularizers.trainable_params()  # e.g. a regularizer's own weights
         groups = list(self.model.lr_groups().values()) + [(extra, 1.0)]
         return {"gen": [(p, m) for p, m in groups if p]}
 

@@ -14,7 +14,12 @@ probabilities of z_aug the same as z's:
     lam_p = lam_max (1 - (1 + gamma p)^-power),   p = training progress in [0, 1]
 
 z are the weak-view features of the method's forward pass (source; plus target with
-``on_target``), z_aug the features of one strong view of the same images.
+``on_target``), z_aug the features of one strong view of the same images. As the official code
+(Tongzhou-uestc/ocr-mindspore, ``trainers/demix.py``): the strong view is a content-preserving
+perturbation (colour jitter, grayscale, blur, flip, small translation; ``datasets.transforms``
+``ocr_strong``), it goes through the model in its own training-mode forward pass (its own batch
+statistics, BatchNorm running statistics updated as by any training forward), the entropy is
+``-sum_c p_c log(p_c + 1e-5)``, and the denominator 1 - lam is kept 1e-3 away from 0 and 1.
 Shapes: z, z_aug (N, F) -> z_res (N, F); logits (N, C) -> scalar.
 """
 from dataclasses import dataclass
@@ -41,15 +46,25 @@ def ocr_lambda(progress, lam_max=0.5, gamma=10.0, power=0.75):
     return lam_max * (1.0 - ops.pow(1.0 + gamma * progress, -power))
 
 
+DENOMINATOR_MARGIN = 1e-3  # official Demix_Loss: 1 - lam moved by 1e-3 when within 1e-3 of 0 or 1
+ENTROPY_EPS = 1e-5         # official Entropy: -sum p log(p + 1e-5)
+
+
 def ocr_residual(z, z_aug, lam):
-    """``(z_aug - lam z) / (1 - lam)``: the part of z_aug not explained by z. (N, F) -> (N, F)."""
-    return (z_aug - lam * z) / (1.0 - lam)
+    """``(z_aug - lam z) / (1 - lam)``: the part of z_aug not explained by z. (N, F) -> (N, F).
+
+    The denominator is kept ``DENOMINATOR_MARGIN`` away from 0 and 1 as the official code does.
+    """
+    denominator = 1.0 - lam
+    denominator = ops.where(denominator < DENOMINATOR_MARGIN, denominator + DENOMINATOR_MARGIN, denominator)
+    denominator = ops.where(1.0 - denominator < DENOMINATOR_MARGIN, denominator - DENOMINATOR_MARGIN, denominator)
+    return (z_aug - lam * z) / denominator
 
 
 def residual_entropy(logits):
-    """Mean over the batch of ``H(softmax(logits))`` (stable via log-softmax). (N, C) -> scalar."""
-    log_p = ops.log_softmax(logits, -1)
-    return ops.mean(-ops.sum(ops.exp(log_p) * log_p, -1))
+    """Mean over the batch of ``-sum_c p_c log(p_c + 1e-5)``, p = softmax(logits). (N, C) -> scalar."""
+    p = ops.softmax(logits, -1)
+    return ops.mean(-ops.sum(p * ops.log(p + ENTROPY_EPS), -1))
 
 
 @REGULARIZERS.register("ocr", params=OcrParams)
@@ -61,6 +76,8 @@ class OrderPreservingConsistency(Regularizer):
 
     def __init__(self, params, num_classes=None, features_dim=None):
         super().__init__(params, num_classes, features_dim)
+        if not 0.0 <= params.lam_max < 1.0:
+            raise ValueError(f"ocr lam_max must be in [0, 1) (the residual divides by 1 - lam), got {params.lam_max}")
         self.on_target = params.on_target
         self.needs_target = params.on_target
         self.schedule = (params.lam_max, params.gamma, params.power)
@@ -73,6 +90,6 @@ class OrderPreservingConsistency(Regularizer):
             z = ops.concat((out[1], out[3]), 0)
         else:
             x_aug, z = batch["x_s_strong"][:n], out[1]
-        _, z_aug = model(x_aug)
+        _, z_aug = self.extra_forward(model, x_aug)
         ent = residual_entropy(model.head(ocr_residual(z, z_aug, lam)))
         return -self.weight * ent, (ent, lam)

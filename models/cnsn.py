@@ -16,8 +16,9 @@ the paper, i.e. two weights per channel) of the statistics and is active in trai
 
 Both are inserted by backbones through :func:`build_plugin` from ``model.norm_plugins``. All
 randomness is drawn in-graph by a seeded MindSpore random op (reproducible under ``ms.set_seed``),
-so every training call differs and eval is deterministic. Statistics use the biased variance
-and ``sigma = sqrt(var + eps)``.
+so every training call differs and eval is deterministic. Statistics follow the official
+``calc_ins_mean_std``: unbiased variance, ``sigma = sqrt(var + eps)`` with eps 1e-5 (CrossNorm) and
+1e-12 (SelfNorm).
 
 Segmenters (``models/deeplab.py``) build their plug-ins with :class:`NormPluginBuilder`, which adds
 the official segmentation setting (amazon-science/crossnorm-selfnorm,
@@ -44,16 +45,20 @@ _INSTANCES = itertools.count(1)  # per-instance op seed
 def instance_stats(x, mask=None, eps=1e-5):
     """Per-instance channel mean and std over H, W (only where ``mask`` (1, 1, H, W) is 1).
 
-    x (N, C, H, W) -> mean, std (N, C, 1, 1); std = sqrt(biased var + eps).
+    x (N, C, H, W) -> mean, std (N, C, 1, 1); std = sqrt(unbiased var + eps), as the official
+    ``calc_ins_mean_std`` (``torch.var``; a single position counts as one degree of freedom).
     """
     if mask is None:
+        area = x.shape[2] * x.shape[3]
         mean = ops.mean(x, (2, 3), True)
-        var = ops.mean(ops.square(x - mean), (2, 3), True)
+        squares = ops.sum(ops.square(x - mean), (2, 3), True)
+        dof = max(area - 1, 1)
     else:
         area = ops.sum(mask)
         mean = ops.sum(x * mask, (2, 3), True) / area
-        var = ops.sum(ops.square(x - mean) * mask, (2, 3), True) / area
-    return mean, ops.sqrt(var + eps)
+        squares = ops.sum(ops.square(x - mean) * mask, (2, 3), True)
+        dof = ops.maximum(area - 1.0, 1.0)
+    return mean, ops.sqrt(squares / dof + eps)
 
 
 def restyle_affine(content_stats, style_stats):
@@ -121,6 +126,12 @@ class CrossNorm(SeededDraws):
         self.crop_content = crop in ("content", "both")
         self.crop_style = crop in ("style", "both")
         self.selector, self.selector_index = None, -1
+        self.forced_permutation = None
+
+    def force(self, permutation):
+        """Test hook: always take the style of ``permutation`` (instances or channels) instead of a random
+        one. Graph mode compiles it as a constant, so set it before the first call."""
+        self.forced_permutation = Tensor(list(permutation), ms.int32)
 
     def attach_selector(self, selector):
         """Let ``selector`` decide when this module applies; it registers the module and numbers it."""
@@ -152,6 +163,8 @@ class CrossNorm(SeededDraws):
         content = instance_stats(x, content_mask, self.eps) if self.crop_content else full
         mu_s, sd_s = instance_stats(x, style_mask, self.eps) if self.crop_style else full
         perm = ops.sort(u[:m])[1]  # argsort of uniform noise: a uniformly random permutation
+        if self.forced_permutation is not None:
+            perm = self.forced_permutation
         axis = 0 if self.two_instance else 1
         mu_s, sd_s = ops.gather(mu_s, perm, axis), ops.gather(sd_s, perm, axis)
         scale, shift = restyle_affine(content, (mu_s, sd_s))
@@ -167,10 +180,11 @@ class CrossNorm(SeededDraws):
 class SelfNorm(nn.Cell):
     """Recalibrate each channel's std (gate g) and, with ``two=True``, its mean (gate f).
 
-    ``two=False`` is the paper's single-gate variant ``SN(x) = g x``. Shape: (N, C, H, W) -> same.
+    ``two=False`` (the official default, ``is_two=False``) is the single-gate ``SN(x) = g x``.
+    Shape: (N, C, H, W) -> same.
     """
 
-    def __init__(self, channels, two=True, eps=1e-5):
+    def __init__(self, channels, two=False, eps=1e-12):
         super().__init__()
         bound = 1.0 / math.sqrt(2.0)  # PyTorch's default init of Conv1d(C, C, 2, groups=C)
         self.g_weight = Parameter(initializer(Uniform(bound), (channels, 2), ms.float32), name="g_weight")

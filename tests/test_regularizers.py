@@ -1,9 +1,8 @@
-"""OCR, IIMT, CrossNorm/SelfNorm against NumPy references of the papers' formulas; finite-difference
-gradients; a short graph-mode training run of each combined with DANN."""
+"""OCR, IIMT, CrossNorm/SelfNorm against NumPy references of the papers' formulas and official code;
+OCR's gradient against finite differences; BatchNorm running statistics of the extra passes; OCR's
+strong view; the ResNet-50 recipes against TLlib's scripts. Training parity: test_parity_regularizers.py."""
 import engine  # noqa: F401  (CPU runtime settings before MindSpore loads)
 
-import json
-import math
 import os
 
 import mindspore as ms
@@ -14,9 +13,8 @@ from mindspore import Parameter, Tensor, nn, ops
 import losses.iimt  # noqa: F401  (registers "iimt")
 import losses.ocr  # noqa: F401  (registers "ocr")
 import models.cnsn  # noqa: F401
-from engine import checkpoint
 from engine.config import load_config
-from engine.trainer import Trainer, build_method
+from engine.trainer import build_method
 from losses.iimt import IimtParams, MixupTraining, mean_squared_error, mix, sharpen, soft_cross_entropy
 from losses.ocr import OcrParams, OrderPreservingConsistency, ocr_residual, residual_entropy
 from models.cnsn import CrossNorm, SelfNorm, build_plugin, crossnorm
@@ -33,8 +31,9 @@ def np_softmax(g):
 
 
 def np_entropy(g):
+    """OCR's official entropy: -sum p log(p + 1e-5)."""
     p = np_softmax(g)
-    return np.mean(-(p * np.log(p)).sum(-1))
+    return np.mean(-(p * np.log(p + 1e-5)).sum(-1))
 
 
 def np_sharpen(p, T):  # noqa: N803
@@ -42,7 +41,8 @@ def np_sharpen(p, T):  # noqa: N803
 
 
 def np_stats(x, eps=1e-5):
-    return x.mean((2, 3), keepdims=True), np.sqrt(x.var((2, 3), keepdims=True) + eps)
+    """Official calc_ins_mean_std: unbiased variance (torch.var) + eps."""
+    return x.mean((2, 3), keepdims=True), np.sqrt(x.var((2, 3), ddof=1, keepdims=True) + eps)
 
 
 def np_crossnorm(x, y, eps=1e-5):
@@ -102,6 +102,10 @@ def test_plain_functions_match_numpy(run):
     mean, std = np_stats(got[4].astype(np.float64))
     np.testing.assert_allclose(mean, np_stats(x2)[0], atol=1e-5)
     np.testing.assert_allclose(std, np_stats(x2)[1], rtol=1e-4)
+    # the official clamp of 1 - lam: 1e-3 away from 0 and 1 (lam = 0 divides by 0.999, lam = 1 by 1e-3)
+    for lam, denominator in ((0.0, 0.999), (1.0, 1e-3), (0.9995, 0.0005 + 1e-3)):
+        got = ocr_residual(Tensor(z), Tensor(z_aug), Tensor(np.float32(lam))).asnumpy()
+        np.testing.assert_allclose(got, (z_aug - lam * z) / denominator, rtol=1e-3)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -128,44 +132,6 @@ def test_ocr_term_gradient_matches_finite_differences():
 
     np.testing.assert_allclose(gz.asnumpy(), central_diff(lambda v: np_term(v, za64), z64), rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(gz_aug.asnumpy(), central_diff(lambda v: np_term(z64, v), za64), rtol=1e-3, atol=1e-5)
-
-
-def test_mixup_terms_gradient_matches_finite_differences():
-    """soft CE on a source-dominant mix + MSE on a target-dominant mix + feature consistency."""
-    x_s, x_t, v, w, b = f32(4, 6), f32(4, 6), f32(6, 5) * 0.5, f32(3, 5), f32(3)
-    y_s = np.eye(3, dtype=np.float32)[[0, 2, 1, 2]]
-    q_t = np_sharpen(np_softmax(f32(4, 3)), 0.5).astype(np.float32)
-    l1, l2 = 0.8, 0.65
-    head, v_t = dense(w, b), Tensor(v)
-
-    def terms(x_s, x_t):
-        def model(x):
-            f = ops.tanh(ops.matmul(x, v_t))
-            return head(f), f
-
-        (g_st, f_st), (g_ts, _) = model(mix(x_s, x_t, l1)), model(mix(x_t, x_s, l2))
-        _, f_s = model(x_s)
-        _, f_t = model(x_t)
-        return (soft_cross_entropy(g_st, mix(Tensor(y_s), Tensor(q_t), l1))
-                + mean_squared_error(ops.softmax(g_ts, -1), mix(Tensor(q_t), Tensor(y_s), l2))
-                + mean_squared_error(f_st, mix(f_s, f_t, l1)))
-
-    gs, gt = ms.grad(terms, grad_position=(0, 1))(Tensor(x_s), Tensor(x_t))
-    v64, w64, b64, y64, q64 = (a.astype(np.float64) for a in (v, w, b, y_s, q_t))
-
-    def np_terms(xs, xt):
-        def model(x):
-            f = np.tanh(x @ v64)
-            return f @ w64.T + b64, f
-
-        (g_st, f_st), (g_ts, _) = model(l1 * xs + (1 - l1) * xt), model(l2 * xt + (1 - l2) * xs)
-        return (np_soft_ce(g_st, l1 * y64 + (1 - l1) * q64)
-                + np.mean((np_softmax(g_ts) - (l2 * q64 + (1 - l2) * y64)) ** 2)
-                + np.mean((f_st - (l1 * model(xs)[1] + (1 - l1) * model(xt)[1])) ** 2))
-
-    xs64, xt64 = x_s.astype(np.float64), x_t.astype(np.float64)
-    np.testing.assert_allclose(gs.asnumpy(), central_diff(lambda a: np_terms(a, xt64), xs64), rtol=1e-3, atol=1e-5)
-    np.testing.assert_allclose(gt.asnumpy(), central_diff(lambda a: np_terms(xs64, a), xt64), rtol=1e-3, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- regularizers vs NumPy
@@ -225,47 +191,54 @@ def test_ocr_regularizer_matches_numpy():
     assert not OrderPreservingConsistency(OcrParams(), 3, 5).needs_target
 
 
-def test_iimt_regularizer_matches_numpy():
-    params = IimtParams(weight=0.5, alpha=0.4, K=3, T=0.5, w_inter_src=1.0, w_inter_tgt=2.0, w_consistency=3.0,
-                        w_intra_src=0.5, w_intra_tgt=1.5, w_adv=0.7, ramp=0.1, disc_hidden=8)
+def test_iimt_regularizer_matches_the_paper():
+    """Yan et al. 2020: L = w_s L_s + w_f L_f + w_ss L_ss + r(p) w_t (L_t + L_tt), no adversary of its own."""
+    params = IimtParams(weight=0.5, alpha=0.4, K=3, T=0.5, w_inter_src=1.0, w_consistency=3.0, w_intra_src=0.5,
+                        w_t=1.5, ramp=0.1)
     reg = MixupTraining(params, num_classes=3, features_dim=5)
-    assert reg.strong_views == 2
+    assert reg.strong_views == 2 and not reg.trainable_params()  # the adversarial term is the method's (DANN)
     batch = tiny_batch(views=2)
     draws = reg.host_random(np.random.default_rng(3), 4)
     assert draws["iimt_lam"].dtype == np.float32 and draws["iimt_perm_s"].dtype == np.int32
     assert (draws["iimt_lam"] >= 0.5).all() and sorted(draws["iimt_perm_t"]) == [0, 1, 2, 3]
     batch.update(draws)
-    t = 0.03  # ramp = 0.3
-    model, loss, aux = run_reg(reg, batch, t)
-
     lam, ps, pt = draws["iimt_lam"].astype(np.float64), draws["iimt_perm_s"], draws["iimt_perm_t"]
     x_s, x_t, x_v = batch["x_s"], batch["x_t"], batch["x_t_strong"]
     y = np.eye(3)[batch["y_s"]]
-    g_t, f_t = model.numpy(x_t)
-    _, f_s = model.numpy(x_s)
-    p = (np_softmax(g_t) + np_softmax(model.numpy(x_v[:4])[0]) + np_softmax(model.numpy(x_v[4:])[0])) / 3
-    q = np_sharpen(p, 0.5)
-    g_st, f_st = model.numpy(lam[0] * x_s + (1 - lam[0]) * x_t)
-    g_ts, f_ts = model.numpy(lam[1] * x_t + (1 - lam[1]) * x_s)
-    g_ss, _ = model.numpy(lam[2] * x_s + (1 - lam[2]) * x_s[ps])
-    g_tt, _ = model.numpy(lam[3] * x_t + (1 - lam[3]) * x_t[pt])
-    f_mix = np.concatenate([f_st, f_ts])
-    d = reg.adversary.discriminator(Tensor(f_mix.astype(np.float32))).asnumpy()
-    ref = [np_soft_ce(g_st, lam[0] * y + (1 - lam[0]) * q),
-           np.mean((np_softmax(g_ts) - (lam[1] * q + (1 - lam[1]) * y)) ** 2),
-           np.mean((f_mix - np.concatenate([lam[0] * f_s + (1 - lam[0]) * f_t,
-                                            lam[1] * f_t + (1 - lam[1]) * f_s])) ** 2),
-           np_soft_ce(g_ss, lam[2] * y + (1 - lam[2]) * y[ps]),
-           np.mean((np_softmax(g_tt) - (lam[3] * q + (1 - lam[3]) * q[pt])) ** 2),
-           np_bce(d, np.concatenate([np.full(4, lam[0]), np.full(4, 1 - lam[1])]))]
-    np.testing.assert_allclose(aux, ref, rtol=1e-4, atol=1e-7)
-    w, r = (1.0, 2.0, 3.0, 0.5, 1.5, 0.7), 0.3
-    total = w[0] * ref[0] + r * w[1] * ref[1] + w[2] * ref[2] + w[3] * ref[3] + r * w[4] * ref[4] + w[5] * ref[5]
-    np.testing.assert_allclose(loss, 0.5 * total, rtol=1e-4)
+    for t, ramp in ((0.03, 0.3), (0.5, 1.0)):  # w_t ramps linearly over the first 10 % of training, then stays
+        model, loss, aux = run_reg(reg, batch, t)
+        g_t, f_t = model.numpy(x_t)
+        _, f_s = model.numpy(x_s)
+        p = (np_softmax(g_t) + np_softmax(model.numpy(x_v[:4])[0]) + np_softmax(model.numpy(x_v[4:])[0])) / 3
+        q = np_sharpen(p, 0.5)  # virtual labels: K = 3 views, sharpened
+        g_st, f_st = model.numpy(lam[0] * x_s + (1 - lam[0]) * x_t)  # source-dominant (lam' >= 0.5 on the source)
+        g_ts, f_ts = model.numpy(lam[1] * x_t + (1 - lam[1]) * x_s)  # target-dominant
+        g_ss, _ = model.numpy(lam[2] * x_s + (1 - lam[2]) * x_s[ps])
+        g_tt, _ = model.numpy(lam[3] * x_t + (1 - lam[3]) * x_t[pt])
+        ref = [np_soft_ce(g_st, lam[0] * y + (1 - lam[0]) * q),
+               np.mean((np_softmax(g_ts) - (lam[1] * q + (1 - lam[1]) * y)) ** 2),
+               np.mean((np.concatenate([f_st, f_ts]) - np.concatenate([lam[0] * f_s + (1 - lam[0]) * f_t,
+                                                                       lam[1] * f_t + (1 - lam[1]) * f_s])) ** 2),
+               np_soft_ce(g_ss, lam[2] * y + (1 - lam[2]) * y[ps]),
+               np.mean((np_softmax(g_tt) - (lam[3] * q + (1 - lam[3]) * q[pt])) ** 2)]
+        np.testing.assert_allclose(aux, ref + [ramp], rtol=1e-4, atol=1e-7)
+        total = 1.0 * ref[0] + 3.0 * ref[2] + 0.5 * ref[3] + ramp * 1.5 * (ref[1] + ref[4])
+        np.testing.assert_allclose(loss, 0.5 * total, rtol=1e-4)
+
+
+def test_iimt_defaults_follow_the_paper():
+    assert IimtParams().alpha == 1.0
+    cfg = load_config(os.path.join(ROOT, "configs/digits/dann_iimt_optdigits.yaml"))
+    assert cfg.regularizers[0].alpha == 1.0
+    method = build_method(cfg)
+    adversaries = [name for name, cell in method.cells_and_names() if type(cell).__name__ == "DomainAdversarialLoss"]
+    assert adversaries == ["adversary"]  # DANN's, and no second one
+    with pytest.raises(ValueError, match="alpha > 0"):
+        MixupTraining(IimtParams(alpha=0.0), 3, 5)
 
 
 def test_iimt_virtual_labels_carry_no_gradient(pynative):
-    reg = MixupTraining(IimtParams(K=3, disc_hidden=8), num_classes=3, features_dim=5)
+    reg = MixupTraining(IimtParams(K=3), num_classes=3, features_dim=5)
     batch = {**tiny_batch(views=2), **reg.host_random(np.random.default_rng(0), 4)}
     model = TinyModel(f32(4, 5), f32(3, 5), f32(3))
     tensors = {k: Tensor(v) for k, v in batch.items()}
@@ -275,15 +248,6 @@ def test_iimt_virtual_labels_carry_no_gradient(pynative):
 
     assert not ms.grad(loss_of)(tensors["x_t_strong"]).asnumpy().any()
     assert ms.grad(loss_of)(tensors["x_t_strong"]).shape == (8, 1, 2, 2)
-
-
-def test_iimt_discriminator_is_trained_with_the_generator():
-    cfg = load_config(os.path.join(ROOT, "configs/digits/dann_iimt_optdigits.yaml"))
-    method = build_method(cfg)
-    params = [p for ps, _ in method.param_groups(method.phases()[0])["gen"] for p in ps]
-    ids = [id(p) for p in params]
-    assert len(ids) == len(set(ids)) and len(params) == len(method.trainable_params())
-    assert {id(p) for p in method.regularizers[0].adversary.trainable_params()} <= set(ids)
 
 
 # --------------------------------------------------------------------------- CrossNorm / SelfNorm
@@ -354,6 +318,7 @@ def test_crossnorm_crops(crop):
 
 def test_selfnorm_matches_numpy_and_is_deterministic_in_eval():
     x = f32(5, 6, 4, 4) + 1.0
+    assert not SelfNorm(6).two  # official default: is_two=False, the single gate
     for two in (True, False):
         sn = SelfNorm(6, two=two)
         sn.set_train(True)
@@ -362,7 +327,7 @@ def test_selfnorm_matches_numpy_and_is_deterministic_in_eval():
         sn.set_train(False)
         out, again = sn(Tensor(x)).asnumpy(), sn(Tensor(x)).asnumpy()
         assert np.array_equal(out, again)
-        mean, std = np_stats(x.astype(np.float64))
+        mean, std = np_stats(x.astype(np.float64), eps=1e-12)  # official SelfNorm: calc_ins_mean_std(eps=1e-12)
 
         def gate(weight, bn):  # eval BatchNorm with the statistics it has tracked
             z = mean[:, :, 0, 0] * weight.asnumpy()[:, 0] + std[:, :, 0, 0] * weight.asnumpy()[:, 1]
@@ -394,22 +359,94 @@ def test_build_plugin_and_lenet_positions():
     assert net(Tensor(f32(2, 3, 28, 28))).shape == (2, 100)
 
 
-# --------------------------------------------------------------------------- training runs
-@pytest.mark.parametrize("name, keys", [("dann_ocr_optdigits", ("ocr_ent", "ocr_lam")),
-                                        ("dann_iimt_optdigits", MixupTraining.log_keys),
-                                        ("dann_cnsn_optdigits", ())])
-def test_graph_training_with_dann(name, keys, tmp_path):
-    cfg = load_config(os.path.join(ROOT, "configs/digits", f"{name}.yaml"),
-                      ["train.iters=4", "train.log_every=2", "train.eval_every=4", "train.ckpt_every=4",
-                       f"train.output_dir={tmp_path}"])
-    result = Trainer(cfg, str(tmp_path), show_progress=False).fit()
-    assert math.isfinite(result["target_acc"])
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert [r["iter"] for r in records] == [2, 4]
-    for rec in records:
-        assert all(k in rec and math.isfinite(rec[k]) for k in ("loss", "transfer") + keys), rec
-    names = checkpoint.read(str(tmp_path / "last.ckpt"))[0]
-    if name == "dann_cnsn_optdigits":
-        assert any(n.endswith("g_weight") for n in names) and any("g_bn.moving_mean" in n for n in names)
-    if name == "dann_iimt_optdigits":
-        assert any(n.startswith("regularizers.0.adversary") for n in names)
+# --------------------------------------------------------------------------- extra passes and BatchNorm
+class TinyBnModel(TinyModel):
+    """TinyModel with a training-mode BatchNorm1d on the features (momentum 0.9, MindSpore convention)."""
+
+    def __init__(self, v, w, b):
+        super().__init__(v, w, b)
+        self.bn = nn.BatchNorm1d(v.shape[1], momentum=0.9)
+
+    def construct(self, x):
+        f = self.bn(ops.matmul(x.reshape(x.shape[0], -1), self.v))
+        return self.head(f), f
+
+
+@pytest.mark.parametrize("name", ["ocr", "iimt"])
+def test_extra_pass_running_statistics(name):
+    """OCR's official code runs model(x_aug) as a plain training forward: BatchNorm running statistics are
+    updated by both passes; IIMT (MixMatch's convention) leaves them to the method's forward pass."""
+    reg = (OrderPreservingConsistency(OcrParams(), 3, 5) if name == "ocr"
+           else MixupTraining(IimtParams(K=2), 3, 5))
+    model = TinyBnModel(f32(4, 5), f32(3, 5), f32(3))
+    reg.bind_model(model)
+    model.set_train(True)
+    batch = {**tiny_batch(views=1), **reg.host_random(np.random.default_rng(0), 4)}
+    WithForward(reg, model)(ms.mutable({k: Tensor(v) for k, v in batch.items()}), Tensor(np.float32(0.5)))
+
+    def update(stats, x):
+        h = x.reshape(len(x), -1).astype(np.float64) @ model.v.asnumpy()
+        return 0.9 * stats[0] + 0.1 * h.mean(0), 0.9 * stats[1] + 0.1 * h.var(0, ddof=1)
+
+    stats = update((np.zeros(5), np.ones(5)), np.concatenate([batch["x_s"], batch["x_t"]]))
+    if name == "ocr":
+        stats = update(stats, batch["x_s_strong"])
+    np.testing.assert_allclose(model.bn.moving_mean.asnumpy(), stats[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.bn.moving_variance.asnumpy(), stats[1], rtol=1e-4, atol=1e-6)
+
+
+def test_ocr_lam_max_validated():
+    with pytest.raises(ValueError, match=r"lam_max must be in \[0, 1\)"):
+        OrderPreservingConsistency(OcrParams(lam_max=1.0), 3, 5)
+    with pytest.raises(ValueError, match="lam_max"):
+        build_method(load_config(os.path.join(ROOT, "configs/digits/dann_ocr_optdigits.yaml"),
+                                 ["regularizers=[{name: ocr, lam_max: 1.5}]"]))
+
+
+# --------------------------------------------------------------------------- OCR's strong view
+def test_ocr_strong_view_preserves_content():
+    """Official OCR (Dassl transforms): flip, translation by <= 1/8, colour jitter, grayscale, blur; no crop."""
+    from datasets.transforms import TRANSFORMS
+    strong = TRANSFORMS.get("ocr_strong")
+    size, big = 32, 36
+    images = np.zeros((64, 40, 40, 3), np.float32)
+    images[:, 12:28, 12:28] = [0.9, 0.2, 0.1]  # a red square in the middle, 16/40 of the side
+    out = strong(images, np.random.default_rng(0), size)
+    assert out.shape == (64, size, size, 3) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    assert np.array_equal(strong(images, None, size), strong(images, None, size))  # eval: the plain resize
+    # the object stays whole and about the same size: its extent (pixels far from the background) lies
+    # within 16 * 32/40 * 1.125 = 14.4 px (+ blur) and is never enlarged like a resized crop would
+    bright = np.abs(out - out[:, :1, :1]).max(-1) > 0.15
+    extents = [(np.flatnonzero(b.any(1)).ptp() + 1) if b.any() else 0 for b in bright]
+    assert max(extents) <= 20 and np.median(extents) >= 10
+    gray = np.ptp(out, -1).max((1, 2)) < 1e-5  # grayscale with p 0.2
+    assert 3 <= gray.sum() <= 25
+    assert len({o.tobytes() for o in out}) == 64  # colour jitter draws per image
+    assert big == round(size * 1.125)
+
+
+# --------------------------------------------------------------------------- the ResNet-50 recipes
+NO_WEIGHTS = ["model.pretrained=null", "model.backbone=lenet", "data.image_size=28"]  # the heads are what counts
+
+
+def discriminator_of(method):
+    return next(c for _, c in method.cells_and_names() if type(c).__name__ == "DomainDiscriminator")
+
+
+def test_office_recipes_follow_tllib():
+    """disc_batch_norm (TLlib DomainDiscriminator), CDAN's full map (cdan.sh), MCC's mcc.sh recipe, OCR's view."""
+    for task in ("office31/dann_a2w", "office31/cdan_e_ocr_w2d", "imageclef/cdan_p2c", "imageclef/dann_c2i"):
+        cfg = load_config(os.path.join(ROOT, f"configs/{task}.yaml"), NO_WEIGHTS)
+        assert cfg.method.disc_batch_norm, task
+        disc = discriminator_of(build_method(cfg))
+        assert any(isinstance(c, nn.BatchNorm1d) for c in disc.net.cells()), task
+    for name in ("cdan", "cdan_e"):
+        method = build_method(load_config(os.path.join(ROOT, f"configs/office31/{name}_a2w.yaml"), NO_WEIGHTS))
+        assert not any(type(c).__name__ == "RandomizedMultiLinearMap" for _, c in method.cells_and_names())
+        first = [c for c in discriminator_of(method).net.cells() if isinstance(c, nn.Dense)][0]
+        assert first.in_channels == 256 * 31  # the full multilinear map f (x) g
+    mcc = load_config(os.path.join(ROOT, "configs/office31/mcc_d2w.yaml"))
+    assert (mcc.model.bottleneck_dim, mcc.optim.lr, mcc.train.iters, mcc.data.batch_size) == (1024, 0.005, 10000, 36)
+    assert load_config(os.path.join(ROOT, "configs/digits/dann_optdigits.yaml")).method.disc_batch_norm is False
+    for suite in ("office31/dann_ocr_a2w", "imageclef/dann_c2i"):
+        assert load_config(os.path.join(ROOT, f"configs/{suite}.yaml")).data.strong_transform == "ocr_strong"

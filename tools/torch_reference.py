@@ -8,6 +8,8 @@ layer3, ``layer6`` = classifier on layer4, ``conv2d_list``), so its backbone ``s
 of the DeepLab init file without the ``Scale.`` prefix. :class:`DigitScenesNet` is the small
 dense net of the embedded DigitScenes benchmark (issue #10).
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -281,3 +283,236 @@ def adaptsegnet_iteration(model, discriminators, optimizer, optimizers_d, x_s, y
     for opt in optimizers_d:
         opt.step()
     return [float(v.detach()) for v in [loss_seg, loss_seg_aux, *adv]] + d_losses
+
+
+# --------------------------------------------------------------------------- classification methods (issue #11)
+# Written from TLlib (thuml/Transfer-Learning-Library): tllib/modules/{grl,domain_discriminator,classifier}.py,
+# tllib/alignment/{dann,cdan}.py, tllib/self_training/mcc.py and the training loop and optimizer of
+# examples/domain_adaptation/image_classification/{dann,cdan,mcc}.py; ADDA's adapt step from
+# corenel/pytorch-adda core/adapt.py. Used by tests/test_parity_torch.py, tests/test_adda.py and
+# bench/peer_tllib.py.
+class LeNet(nn.Module):
+    """The DANN paper's LeNet of ``models/lenet.py``: conv5-32, pool, conv5-48, pool, fc100, fc100 (ReLUs)."""
+
+    def __init__(self, in_channels=3, image_size=28, feature_dim=100):
+        super().__init__()
+        side = ((image_size - 4) // 2 - 4) // 2
+        self.conv = nn.Sequential(nn.Conv2d(in_channels, 32, 5), nn.ReLU(), nn.MaxPool2d(2, 2),
+                                  nn.Conv2d(32, 48, 5), nn.ReLU(), nn.MaxPool2d(2, 2))
+        self.fc = nn.Sequential(nn.Linear(48 * side * side, feature_dim), nn.ReLU(),
+                                nn.Linear(feature_dim, feature_dim), nn.ReLU())
+        self.out_features = feature_dim
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.conv(x), 1))
+
+
+class ImageClassifier(nn.Module):
+    """TLlib's ``Classifier``: backbone -> bottleneck (Linear-BN1d-ReLU, or none) -> Linear head.
+
+    ``forward`` returns ``(predictions, features)``; :meth:`get_parameters` gives TLlib's groups
+    (backbone at ``backbone_lr_mult`` x base_lr, 0.1 when fine-tuning; bottleneck and head at 1x).
+    """
+
+    def __init__(self, backbone, num_classes, bottleneck_dim=0, backbone_lr_mult=0.1, out_features=None):
+        super().__init__()
+        self.backbone = backbone
+        feat = out_features or backbone.out_features
+        if bottleneck_dim > 0:
+            self.bottleneck = nn.Sequential(nn.Linear(feat, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU())
+            self.features_dim = bottleneck_dim
+        else:
+            self.bottleneck, self.features_dim = nn.Identity(), feat
+        self.head = nn.Linear(self.features_dim, num_classes)
+        self.backbone_lr_mult = backbone_lr_mult
+
+    def forward(self, x):
+        f = self.bottleneck(self.backbone(x))
+        return self.head(f), f
+
+    def get_parameters(self, base_lr=1.0):
+        return [{"params": self.backbone.parameters(), "lr": self.backbone_lr_mult * base_lr},
+                {"params": self.bottleneck.parameters(), "lr": base_lr},
+                {"params": self.head.parameters(), "lr": base_lr}]
+
+
+class DomainDiscriminator(nn.Sequential):
+    """TLlib's DomainDiscriminator: Linear-BN-ReLU x2 -> Linear -> Sigmoid (``batch_norm=True``), or
+    Linear-ReLU-Dropout x2 (``batch_norm=False``; TLlib's dropout is 0.5, ``dropout=0`` drops it).
+    ``sigmoid=False`` returns the logit (ADDA's critic, trained with BCE on logits)."""
+
+    def __init__(self, in_feature, hidden_size, batch_norm=True, dropout=0.5, sigmoid=True):
+        layers, width = [], in_feature
+        for _ in range(2):
+            layers.append(nn.Linear(width, hidden_size))
+            if batch_norm:
+                layers += [nn.BatchNorm1d(hidden_size), nn.ReLU()]
+            else:
+                layers.append(nn.ReLU())
+                if dropout > 0:
+                    layers.append(nn.Dropout(dropout))
+            width = hidden_size
+        final = [nn.Linear(hidden_size, 1)] + ([nn.Sigmoid()] if sigmoid else [])
+        super().__init__(*layers, nn.Sequential(*final))
+
+    def get_parameters(self):
+        return [{"params": self.parameters(), "lr": 1.0}]
+
+
+class WarmStartGradientReverseLayer(nn.Module):
+    """TLlib's GRL: ``coeff = 2 (hi - lo) / (1 + exp(-alpha i / max_iters)) - (hi - lo) + lo``,
+    i = forward calls so far."""
+
+    def __init__(self, alpha=1.0, lo=0.0, hi=1.0, max_iters=1000, auto_step=True):
+        super().__init__()
+        self.alpha, self.lo, self.hi, self.max_iters, self.auto_step = alpha, lo, hi, max_iters, auto_step
+        self.iter_num = 0
+        self.last_coeff = 0.0
+
+    def forward(self, x):
+        span = self.hi - self.lo
+        self.last_coeff = float(2.0 * span / (1.0 + math.exp(-self.alpha * self.iter_num / self.max_iters))
+                                - span + self.lo)
+        if self.auto_step:
+            self.iter_num += 1
+        return GradientReverse.apply(x, self.last_coeff)
+
+
+def binary_accuracy(prob, target):
+    """TLlib ``binary_accuracy`` as a fraction: ``prob >= 0.5`` against 0/1 targets."""
+    return float(((prob >= 0.5).float() == target).float().mean())
+
+
+class DomainAdversarialLoss(nn.Module):
+    """TLlib's DANN loss: ``0.5 (BCE(D(R(f_s)), 1) + BCE(D(R(f_t)), 0))``; keeps the domain accuracy."""
+
+    def __init__(self, discriminator, grl):
+        super().__init__()
+        self.grl, self.domain_discriminator = grl, discriminator
+        self.domain_discriminator_accuracy = None
+
+    def forward(self, f_s, f_t):
+        d = self.domain_discriminator(self.grl(torch.cat((f_s, f_t), 0)))
+        d_s, d_t = d.chunk(2, dim=0)
+        one, zero = torch.ones_like(d_s), torch.zeros_like(d_t)
+        self.domain_discriminator_accuracy = 0.5 * (binary_accuracy(d_s, one) + binary_accuracy(d_t, zero))
+        return 0.5 * (F.binary_cross_entropy(d_s, one) + F.binary_cross_entropy(d_t, zero))
+
+
+class ConditionalDomainAdversarialLoss(nn.Module):
+    """TLlib's CDAN loss on ``T(f, softmax(g).detach())`` (multilinear, or randomized with ``R_f, R_g``).
+
+    Entropy conditioning weights ``w = 1 + exp(-H(p))``. ``entropy_norm="batch"`` is TLlib's
+    normalisation (w scaled to sum to the whole batch 2N); ``"domain"`` is the CDAN authors'
+    (thuml/CDAN ``loss.py``: each domain's weights scaled to sum to that domain's size N).
+    """
+
+    def __init__(self, discriminator, grl, entropy_conditioning=False, R_f=None, R_g=None,  # noqa: N803
+                 entropy_norm="batch"):
+        super().__init__()
+        self.domain_discriminator, self.grl = discriminator, grl
+        self.entropy_conditioning, self.entropy_norm = entropy_conditioning, entropy_norm
+        self.R_f, self.R_g = R_f, R_g
+        self.domain_discriminator_accuracy = None
+
+    def map(self, f, g):
+        if self.R_f is None:
+            return torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).view(f.size(0), -1)
+        return torch.mm(f, self.R_f) * torch.mm(g, self.R_g) / math.sqrt(float(self.R_f.shape[1]))
+
+    def forward(self, g_s, f_s, g_t, f_t):
+        f = torch.cat((f_s, f_t), 0)
+        g = F.softmax(torch.cat((g_s, g_t), 0), dim=1).detach()
+        d = self.domain_discriminator(self.grl(self.map(f, g)))
+        label = torch.cat((torch.ones((g_s.size(0), 1)), torch.zeros((g_t.size(0), 1))))
+        self.domain_discriminator_accuracy = binary_accuracy(d, label)
+        if not self.entropy_conditioning:
+            return F.binary_cross_entropy(d, label)
+        weight = 1.0 + torch.exp(-(-(g * torch.log(g + 1e-5)).sum(dim=1)))  # TLlib's entropy() uses eps 1e-5
+        if self.entropy_norm == "batch":
+            weight = weight / weight.sum() * f.size(0)
+        else:
+            n = g_s.size(0)
+            weight = torch.cat((weight[:n] / weight[:n].sum() * n, weight[n:] / weight[n:].sum() * (f.size(0) - n)))
+        return F.binary_cross_entropy(d, label, weight.view_as(d))
+
+
+class MinimumClassConfusionLoss(nn.Module):
+    """TLlib's MCC loss (Jin et al., ECCV 2020) at temperature T on target logits (N, C)."""
+
+    def __init__(self, temperature):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, logits):
+        batch_size, num_classes = logits.shape
+        p = F.softmax(logits / self.temperature, dim=1)
+        w = 1.0 + torch.exp(-(-(p * torch.log(p + 1e-5)).sum(dim=1)).detach())
+        w = (batch_size * w / w.sum()).unsqueeze(1)
+        confusion = torch.mm((p * w).transpose(1, 0), p)
+        confusion = confusion / torch.sum(confusion, dim=1)
+        return (confusion.sum() - torch.trace(confusion)) / num_classes
+
+
+def inverse_decay_sgd(param_groups, lr, momentum, weight_decay, nesterov, lr_gamma, lr_power):
+    """TLlib's optimizer: SGD over groups whose ``lr`` is a multiplier, and
+    ``LambdaLR(lambda x: lr * (1 + gamma x) ** -power)``, stepped once after every ``optimizer.step()``."""
+    optimizer = torch.optim.SGD(param_groups, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda x: lr * (1.0 + lr_gamma * float(x)) ** -lr_power)
+    return optimizer, scheduler
+
+
+def tllib_iteration(model, optimizer, scheduler, x_s, y_s, x_t=None, transfer=None, trade_off=1.0):
+    """One iteration of TLlib's ``train()`` loop: one forward of ``cat(x_s, x_t)``, CE on the source
+    half + ``trade_off`` x ``transfer(g_s, f_s, g_t, f_t)`` (TLlib's ``y_s, f_s, y_t, f_t``: logits and
+    features), one SGD step, one scheduler step.
+
+    ``transfer`` returns ``(loss, domain accuracy or None)``; source-only passes ``x_t=None``.
+    Returns ``{"loss", "cls", "acc_s", "transfer", "d_acc"}`` (the latter two only with ``transfer``).
+    """
+    g, f = model(x_s if x_t is None else torch.cat((x_s, x_t), 0))
+    n = x_s.size(0)
+    g_s, f_s, g_t, f_t = g[:n], f[:n], g[n:], f[n:]
+    cls = F.cross_entropy(g_s, y_s)
+    logged = {"cls": float(cls.detach()), "acc_s": float((g_s.argmax(1) == y_s).float().mean())}
+    loss = cls
+    if transfer is not None:
+        transfer_loss, d_acc = transfer(g_s, f_s, g_t, f_t)
+        loss = cls + trade_off * transfer_loss
+        logged["transfer"] = float(transfer_loss.detach())
+        if d_acc is not None:
+            logged["d_acc"] = d_acc
+    logged["loss"] = float(loss.detach())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return logged
+
+
+def adda_adapt_iteration(source_encoder, target_encoder, critic, opt_critic, opt_target, x_s, x_t):
+    """One iteration of pytorch-adda's ``train_tgt`` (core/adapt.py) with a one-logit critic and BCE.
+
+    The critic learns source = 1, target = 0 on detached features; then the target encoder is
+    updated (a fresh forward) so the updated critic calls its features source (inverted label 1).
+    The source encoder is whatever mode the caller left it in (pytorch-adda: eval, from ``eval_src``).
+    Returns ``{"d_loss", "d_acc", "adv_loss"}``.
+    """
+    bce = nn.BCEWithLogitsLoss()
+    opt_critic.zero_grad()
+    with torch.no_grad():
+        f_s = source_encoder(x_s)
+    f_t = target_encoder(x_t)
+    d = critic(torch.cat((f_s, f_t), 0).detach()).squeeze(-1)
+    label = torch.cat((torch.ones(f_s.size(0)), torch.zeros(f_t.size(0))))
+    d_loss = bce(d, label)
+    d_loss.backward()
+    opt_critic.step()
+    d_acc = float(((d > 0).float() == label).float().mean())
+    opt_critic.zero_grad()
+    opt_target.zero_grad()
+    d_t = critic(target_encoder(x_t)).squeeze(-1)
+    adv_loss = bce(d_t, torch.ones_like(d_t))
+    adv_loss.backward()
+    opt_target.step()
+    return {"d_loss": float(d_loss.detach()), "d_acc": d_acc, "adv_loss": float(adv_loss.detach())}
