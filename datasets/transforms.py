@@ -145,7 +145,13 @@ def imagenet(images, rng, size):
     x0, x1, fx = _sample_grid(lefts, widths, size)
     flips = rng.random(n) < 0.5
     x0[flips], x1[flips], fx[flips] = x0[flips, ::-1], x1[flips, ::-1], fx[flips, ::-1]
-    batch = np.arange(n)[:, None, None]
+    return _bilinear_gather(images, (y0, y1, fy), (x0, x1, fx))
+
+
+def _bilinear_gather(images, rows_grid, cols_grid):
+    """(N, h, w, C) bilinear samples of ``images`` at per-image grids ``(lo, hi, frac)`` of :func:`_sample_grid`."""
+    (y0, y1, fy), (x0, x1, fx) = rows_grid, cols_grid
+    batch = np.arange(len(images))[:, None, None]
     fy, fx = fy[:, :, None, None], fx[:, None, :, None]
 
     def rows(y):
@@ -160,16 +166,7 @@ def _resize_bilinear(images, height, width):
     """Bilinear resize (half-pixel centres) of (N, H, W, C) to (N, height, width, C)."""
     n, h, w = images.shape[:3]
     full = np.zeros(n, int)
-    y0, y1, fy = _sample_grid(full, np.full(n, h), height)
-    x0, x1, fx = _sample_grid(full, np.full(n, w), width)
-    batch = np.arange(n)[:, None, None]
-    fy, fx = fy[:, :, None, None], fx[:, None, :, None]
-
-    def rows(y):
-        y = y[:, :, None]
-        return images[batch, y, x0[:, None, :]] * (1 - fx) + images[batch, y, x1[:, None, :]] * fx
-
-    return (rows(y0) * (1 - fy) + rows(y1) * fy).astype(np.float32, copy=False)
+    return _bilinear_gather(images, _sample_grid(full, np.full(n, h), height), _sample_grid(full, np.full(n, w), width))
 
 
 def _grayscale(images):

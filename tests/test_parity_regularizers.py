@@ -36,6 +36,7 @@ from engine.optim import build_optimizer  # noqa: E402
 from engine.trainer import build_method, make_step  # noqa: E402
 from models.cnsn import CrossNorm  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
+from tools.torch_reference import GradientReverse  # noqa: E402
 
 N, STEPS, LR, GAMMA, POWER = 8, 5, 0.01, 0.01, 0.75
 PROGRESS = [0.02 + 0.05 * k for k in range(STEPS)]  # crosses IIMT's ramp (10 %) and moves OCR's lambda
@@ -45,17 +46,6 @@ STYLE_PERMUTATION = [3, 0, 7, 5, 1, 6, 2, 4, 11, 8, 15, 13, 9, 14, 10, 12]  # ov
 
 
 # --------------------------------------------------------------------------- PyTorch side
-class ReverseGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, coeff):
-        ctx.coeff = coeff
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return -ctx.coeff * grad, None
-
-
 def ins_mean_std(x, eps):
     """Official calc_ins_mean_std: per-instance channel mean, sqrt(unbiased var + eps)."""
     n, c = x.shape[:2]
@@ -112,7 +102,7 @@ class TorchDann(torch.nn.Module):
     def forward(self, x_s, y_s, x_t, t):
         g, f = self.model(torch.cat((x_s, x_t)))
         coeff = 2.0 / (1.0 + np.exp(-10.0 * t)) - 1.0
-        d = self.disc(ReverseGradient.apply(f, coeff)).squeeze(-1)
+        d = self.disc(GradientReverse.apply(f, coeff)).squeeze(-1)
         domain = torch.cat((torch.ones(len(x_s), dtype=d.dtype), torch.zeros(len(x_t), dtype=d.dtype)))
         cls = tf.cross_entropy(g[:N], y_s)
         transfer = tf.binary_cross_entropy_with_logits(d, domain)
