@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_resnet50.py
 
-from bench_resnet50 import side_by_side  # noqa: E402
+from bench_resnet50 import engine_step, side_by_side  # noqa: E402
 
 CONFIG = "configs/gta2cityscapes/adaptsegnet_gta2cityscapes.yaml"
 CLASSES = 19
@@ -80,24 +80,14 @@ def torch_step(args, batch):
 
 def mindspore_step(args, batch):
     import engine  # noqa: F401  (CPU runtime settings before MindSpore loads)
-    import mindspore as ms
-    from mindspore import Tensor
-
     from engine.config import load_config
     from engine.runtime import init_mindspore
-    from engine.trainer import build_method, build_phase_optimizers, make_step
 
     device = init_mindspore(args.device, "graph", seed=0)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = load_config(os.path.join(root, CONFIG), ["model.pretrained=null",
                                                    f"model.backbone_kwargs.layers={list(args.layers)}"])
-    method = build_method(cfg)
-    method.set_train(True)
-    phase = method.phases()[0]
-    step = make_step(phase, method.loss_cells(phase), build_phase_optimizers(cfg.optim, method, phase))
-    inputs = ms.mutable({k: Tensor(v) for k, v in batch.items()})
-    progress = Tensor(0.5, ms.float32)
-    return device, lambda: float(step(inputs, progress)[1].asnumpy())  # [1] = the main segmentation loss
+    return device, engine_step(cfg, batch, output=1)  # [1] = the main segmentation loss
 
 
 def main(argv=None):

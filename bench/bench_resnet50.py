@@ -63,14 +63,10 @@ def timed(step, warmup, iters):
 # --------------------------------------------------------------------------- MindSpore (the repo's engine)
 def mindspore_step(args, batch):
     import engine  # noqa: F401  (CPU runtime settings before MindSpore loads)
-    import mindspore as ms
-    from mindspore import Tensor
-
     import losses  # noqa: F401  (registers dann)
     import models.resnet  # noqa: F401  (registers resnet50)
     from engine.config import Config, DataCfg, ModelCfg, OptimCfg
     from engine.runtime import init_mindspore
-    from engine.trainer import build_method, build_phase_optimizers, make_step
     from losses.dann import DannParams
 
     device = init_mindspore(args.device, "graph", seed=0)
@@ -79,13 +75,24 @@ def mindspore_step(args, batch):
                                 backbone_lr_mult=0.1),
                  method=DannParams(disc_hidden=1024, disc_batch_norm=True),
                  optim=OptimCfg(lr=0.01, nesterov=True, weight_decay=5e-4))
+    return device, engine_step(cfg, batch)
+
+
+def engine_step(cfg, batch, output=0):
+    """``run() -> float``: one jitted training step of ``cfg``'s first phase (as train.py builds it) on ``batch``,
+    returning its ``output``-th logged value."""
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from engine.trainer import build_method, build_phase_optimizers, make_step
+
     method = build_method(cfg)
     method.set_train(True)
     phase = method.phases()[0]
     step = make_step(phase, method.loss_cells(phase), build_phase_optimizers(cfg.optim, method, phase))
     inputs = ms.mutable({k: Tensor(v) for k, v in batch.items()})
     progress = Tensor(0.5, ms.float32)
-    return device, lambda: float(step(inputs, progress)[0].asnumpy())
+    return lambda: float(step(inputs, progress)[output].asnumpy())
 
 
 # --------------------------------------------------------------------------- PyTorch reference
