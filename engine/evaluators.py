@@ -50,7 +50,7 @@ def classification(model, domain, transform, batch_size, loader=None, on_batch=N
     per_class = [float((preds[labels == c] == c).mean()) if (labels == c).any() else float("nan")
                  for c in range(domain.num_classes)]
     acc = float((preds == labels).mean())
-    return {"metric": "acc", "score": acc, "acc": acc, "per_class": per_class, "n": int(len(labels)), "extra": {}}
+    return {"metric": "acc", "score": acc, "per_class": per_class, "n": int(len(labels)), "extra": {}}
 
 
 class DensePrediction(nn.Cell):
@@ -88,5 +88,5 @@ def segmentation(model, domain, transform, batch_size, loader=None, on_batch=Non
         n += len(y)
     per_class = conf.iou()
     miou = conf.mean_iou()
-    return {"metric": "miou", "score": miou, "miou": miou, "per_class": [float(v) for v in per_class], "n": n,
+    return {"metric": "miou", "score": miou, "per_class": [float(v) for v in per_class], "n": n,
             "extra": {"pixel_acc": conf.pixel_accuracy()}}

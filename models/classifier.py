@@ -22,14 +22,14 @@ class Classifier(nn.Cell):
 
     def lr_groups(self):
         """``{name: (params, lr_mult)}``: pretrained backbones usually train at 0.1x."""
-        return split_lr_groups(self, self.backbone.trainable_params(), self.backbone_lr_mult, self.head_lr_mult)
+        backbone = self.backbone.trainable_params()
+        return {"backbone": (backbone, self.backbone_lr_mult), "head": (other_params(self, backbone), self.head_lr_mult)}
 
 
-def split_lr_groups(model, backbone_params, backbone_lr_mult, rest_lr_mult):
-    """``{"backbone": (backbone_params, mult), "head": (every other trainable parameter, mult)}``."""
-    ids = {id(p) for p in backbone_params}
-    rest = [p for p in model.trainable_params() if id(p) not in ids]
-    return {"backbone": (list(backbone_params), backbone_lr_mult), "head": (rest, rest_lr_mult)}
+def other_params(model, params):
+    """``model``'s trainable parameters that are not in ``params``, in the model's order."""
+    ids = {id(p) for p in params}
+    return [p for p in model.trainable_params() if id(p) not in ids]
 
 
 class Segmenter(nn.Cell):
@@ -52,9 +52,7 @@ class Segmenter(nn.Cell):
 
     def lr_groups(self):
         head = self.net.head_params()
-        ids = {id(p) for p in head}
-        rest = [p for p in self.trainable_params() if id(p) not in ids]
-        return split_lr_groups(self, rest, self.backbone_lr_mult, self.head_lr_mult)
+        return {"backbone": (other_params(self, head), self.backbone_lr_mult), "head": (head, self.head_lr_mult)}
 
 
 def create_model(cfg_model, in_channels=3, image_size=28):
