@@ -72,7 +72,12 @@ def main(argv=None):
     if rank == 0:
         metric = results.get("metric", "acc")
         key = f"target_{metric}"
-        extra = f"  (oracle, best on target test: {results['oracle_' + key]:.4f})" if "oracle_" + key in results else ""
+        extra = ""
+        if f"{key}_selected" in results:
+            extra += (f"  (by {results['select_by']}: {results[key + '_selected']:.4f} at {results['selected_phase']} "
+                      f"iteration {results['selected_iter']}, {results['selected_ckpt']})")
+        if "oracle_" + key in results:
+            extra += f"  (oracle, best on target test: {results['oracle_' + key]:.4f})"
         print(f"[{device}] {cfg.name} seed {cfg.train.seed}: target {METRIC_NAMES.get(metric, metric)} "
               f"{results[key]:.4f}{extra}  run dir: {run_dir}")
     return results

@@ -91,7 +91,9 @@ class TrainCfg:
     eval_every: int = 250
     ckpt_every: int = 250
     output_dir: str = "runs/{config_name}/seed{seed}"
-    select_by: str = "last"           # last | source_val ; target labels are never used to select
+    select_by: str = "last"           # last | a validator name (engine/validators.py); never target labels
+    validators: Optional[List[str]] = None  # scored at every eval point (None: all that the data allows)
+    validator_samples: int = 2000     # target (and source) training images the validators score, evenly spaced
     amp_level: str = "auto"           # auto | O0 | O1 | O2 | O3
     grad_accum: int = 1
     loss_scale: float = 1024.0        # initial dynamic loss scale under amp

@@ -36,6 +36,34 @@ def _batches(domain, batch_size, transform, loader):
         start += len(y)
 
 
+def predict(model, domain, transform, batch_size, loader=None, indices=None):
+    """``{"logits", "probs", "features", "labels"}`` (NumPy, in ``indices`` order) of a classifier on ``domain``.
+
+    The label-free validators and the analysis tools read the model through this one pass:
+    inference mode, no augmentation, ``indices`` (default: the whole domain) in batches. ``labels``
+    are the domain's (unused by anything that selects on the target).
+    """
+    from datasets.base import to_nchw
+
+    indices = np.arange(len(domain)) if indices is None else np.asarray(indices).reshape(-1)
+    was_training = model.training
+    model.set_train(False)
+    logits, features = [], []
+    try:
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start:start + batch_size]
+            images = loader(domain, idx) if loader is not None else domain.images[idx]
+            out = model(Tensor(to_nchw(transform(images, None))))
+            logits.append(out[0].asnumpy())
+            features.append(out[1].asnumpy().reshape(len(idx), -1))
+    finally:
+        model.set_train(was_training)
+    logits = np.concatenate(logits).astype(np.float64)
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    return {"logits": logits, "probs": shifted / shifted.sum(1, keepdims=True),
+            "features": np.concatenate(features), "labels": np.asarray(domain.labels)[indices]}
+
+
 @EVALUATORS.register("classification")
 def classification(model, domain, transform, batch_size, loader=None, on_batch=None):
     """Overall accuracy and per-class accuracy (recall); batches of at least 64 images."""

@@ -18,6 +18,7 @@ from engine.distributed import ranks_agree
 from engine.prefetch import Prefetcher
 from engine.optim import LossScaleState, apply_amp, build_loss_scaler, build_optimizer
 from engine.evaluators import evaluate
+from engine.selection import Selection, read_history, resolve_validators
 from engine.registry import METHODS, REGULARIZERS
 from engine.runtime import resolve_amp_level
 from models import create_model
@@ -399,13 +400,19 @@ class Trainer:
         # every rank reads its own shard; with accumulation each micro-batch is a shard of its own
         data = build_data(cfg, cfg.train.seed, self.group_size * k, self.rank * k, method.strong_views)
         self.streams = micro_streams(data, k, self.rank)
+        names, select_by = resolve_validators(cfg.train, data.source_val is not None,
+                                              getattr(data.target_test, "task", "classification"))
+        self.selection = Selection(names, select_by, self.run_dir, self.is_main, cfg.train.validator_samples)
         method.set_train(True)
         phases = method.phases()
+        history = []
         if resume_from is not None:
             log.info("resuming %s at phase %d iteration %d", resume_from, start_phase, start_iter)
+            history = read_history(self.run_dir, METRICS, [p.name for p in phases], (start_phase, start_iter))
+            self.selection.restore(history)
         log.info("%d card(s) x %d per domain x %d accumulation step(s) = global batch %d; amp %s",
                  self.group_size, cfg.data.batch_size, k, self.group_size * cfg.data.batch_size * k, amp_level)
-        history, started = [], time.time()
+        started = time.time()
         for phase_idx, phase in enumerate(phases):
             if phase_idx < start_phase:
                 continue
@@ -502,12 +509,14 @@ class Trainer:
                 if log_now:
                     rec = {"phase": phase.name, "iter": done, **monitor.summary()}
                     rec["sec_per_iter"] = (time.time() - tick) / since
-                    tick, since = time.time(), 0
                     if done % cfg.eval_every == 0 or done == phase.iters:
                         rec.update(self.eval_record(method, data))
                         history.append(rec)
+                        if self.selection.active:
+                            self.selection.consider(rec, method)
                     self.write_metrics(rec)
                     log.info(json.dumps(rec))
+                    tick, since = time.time(), 0  # evaluation time is not training time
                 if ckpt_now:
                     # every rank checks (the parameters are the same on all), so all stop together
                     if not all(np.isfinite(p.asnumpy()).all() for p in method.trainable_params()):
@@ -536,7 +545,9 @@ class Trainer:
         bs = self.cfg.data.batch_size
         target = evaluate(method.model, data.target_test, data.eval_transform, bs, data.loader)
         rec = {f"target_{target['metric']}": target["score"]}
-        if data.source_val is not None:
+        if self.selection.active:  # label-free scores (and the source-val accuracy) from one pass per split
+            rec.update(self.selection.score(method, data, bs))
+        elif data.source_val is not None:
             val = evaluate(method.model, data.source_val, data.eval_transform, bs, data.loader)
             rec[f"source_val_{val['metric']}"] = val["score"]
         return rec
@@ -553,10 +564,8 @@ class Trainer:
                "class_names": list(data.target_test.class_names), "select_by": "last",
                "config_hash": self.hash, "seed": self.cfg.train.seed, "train_seconds": seconds}
         res.update({f"target_{k}": v for k, v in final.get("extra", {}).items()})
-        val_key = f"source_val_{final['metric']}"
-        if self.cfg.train.select_by == "source_val" and history and val_key in history[-1]:
-            best = max(history, key=lambda r: r[val_key])
-            res.update(select_by="source_val", selected_iter=best["iter"], **{f"{key}_selected": best[key]})
-        if history:
+        if self.selection.active:
+            res.update(self.selection.results(history, final["metric"]))
+        if history:  # best on the target TEST split: an upper bound for reference, not a valid selection
             res[f"oracle_{key}"] = max(r[key] for r in history)
         return res

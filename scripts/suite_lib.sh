@@ -1,7 +1,9 @@
 # Shared by scripts/run_*.sh: run METHODS x TASKS x SEEDS, skip finished runs, resume half-done
 # ones, then print a Markdown table. Expects SUITE, CONFIG_DIR, and defaults for METHODS/TASKS.
 # Environment: SEEDS ("0 1 2"), METHODS, TASKS, RUNS (runs/<suite>), OPTS (extra --opt overrides),
-# DEVICE (auto|Ascend|GPU|CPU), DISTRIBUTE (number of cards; >1 launches through msrun), PYTHON;
+# DEVICE (auto|Ascend|GPU|CPU), DISTRIBUTE (number of cards; >1 launches through msrun), PYTHON,
+# ANALYZE (1: tools/analyze.py writes tsne/curves/confusion PNGs + analysis.json into every finished run dir),
+# ANALYZE_OPTS (extra tools/analyze.py arguments, e.g. "--max-points 1000");
 # image-file suites (image_suite below) also DATA_ROOT and SMOKE. Relative paths are from the repo root.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,6 +14,8 @@ if [ "$SMOKE" = 1 ]; then RUNS=${RUNS:-runs/${SUITE}_smoke}; else RUNS=${RUNS:-r
 DEVICE=${DEVICE:-auto}
 DISTRIBUTE=${DISTRIBUTE:-1}
 OPTS=${OPTS:-}
+ANALYZE=${ANALYZE:-0}
+ANALYZE_OPTS=${ANALYZE_OPTS:-}
 EXTRA_OPTS=()  # overrides a suite script adds (image_suite); OPTS comes after them and wins
 
 # Image-file suites (Office-31, ImageCLEF-DA) train the ImageNet-pretrained ResNet-50 of
@@ -64,10 +68,21 @@ run_one() {  # method task seed
     fi
 }
 
+analyze_one() {  # method task seed: plots + analysis.json of a finished run that has none yet
+    local out="$RUNS/$1_$2/seed$3"
+    if [ ! -f "$out/results.json" ]; then return 0; fi
+    if [ -f "$out/analysis.json" ]; then
+        echo "[analyzed] $1 $2 seed $3: $out/analysis.json exists"; return 0
+    fi
+    echo "[analyze] $1 $2 seed $3 -> $out"
+    "$PYTHON" tools/analyze.py "$out" --device "$DEVICE" $ANALYZE_OPTS
+}
+
 run_suite() {
     local failed=0
     for task in $TASKS; do for method in $METHODS; do for seed in $SEEDS; do
         run_one "$method" "$task" "$seed" || failed=1
+        if [ "$ANALYZE" = 1 ]; then analyze_one "$method" "$task" "$seed" || failed=1; fi
     done; done; done
     "$PYTHON" tools/make_table.py "$RUNS" --suite "${TABLE_SUITE:-$SUITE}" --tasks $TASKS --methods $METHODS \
         --out "$RUNS/table.md"
