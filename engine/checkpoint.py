@@ -88,7 +88,11 @@ def load_backbone_weights(backbone, path):
     """Load ImageNet (or other) weights into a backbone; keys may carry a ``backbone.`` prefix.
 
     Every backbone parameter must be in the file, except those of CrossNorm/SelfNorm plug-ins.
+    A backbone with its own ``load_pretrained(path)`` (slimmable nets: one BatchNorm row per width)
+    loads a plain network's weights its own way.
     """
+    if hasattr(backbone, "load_pretrained"):
+        return backbone.load_pretrained(path)
     if not os.path.isfile(path):
         raise CheckpointError(
             f"pretrained weights not found: {path}. Convert the PyTorch weights once with "

@@ -1,4 +1,4 @@
 """Backbones, heads, discriminators and segmenters, registered by name."""
 import engine  # noqa: F401  (CPU runtime settings before MindSpore loads)
-from models import deeplab, dtn, lenet, modules, resnet  # noqa: F401
+from models import deeplab, dtn, lenet, modules, resnet, slimmable  # noqa: F401
 from models.classifier import Classifier, create_model  # noqa: F401

@@ -516,3 +516,85 @@ def adda_adapt_iteration(source_encoder, target_encoder, critic, opt_critic, opt
     adv_loss.backward()
     opt_target.step()
     return {"d_loss": float(d_loss.detach()), "d_acc": d_acc, "adv_loss": float(adv_loss.detach())}
+
+
+# --------------------------------------------------------------------------- SymNets (issue #13)
+# Written from the official code, Gorilla-Lab-SCUT/SymNets: symnets/trainer.py (train, adjust_learning_rate),
+# symnets/models/{DomainClassifierSource,DomainClassifierTarget,EntropyMinimizationPrinciple}.py and the SGD of
+# symnets/main.py (groups named 'pre-trained' / 'new-added', momentum, weight decay, Nesterov). Used by
+# tests/test_symnets.py.
+def _symnets_log_mass(prob):
+    """The official criteria's ``log(sum of probabilities)``, with 1e-6 added only where the sum is exactly 0."""
+    return (prob + (prob == 0).float() * 1e-6).log()
+
+
+def symnets_source_discrimination(output, num_classes):
+    """DClassifierForSource: ``-mean log P_s``, P_s = the 2K-softmax mass on the first K logits."""
+    return -_symnets_log_mass(F.softmax(output, dim=1)[:, :num_classes].sum(1)).mean()
+
+
+def symnets_target_discrimination(output, num_classes):
+    """DClassifierForTarget: ``-mean log P_t``, P_t = the 2K-softmax mass on the last K logits."""
+    return -_symnets_log_mass(F.softmax(output, dim=1)[:, num_classes:].sum(1)).mean()
+
+
+def symnets_target_entropy(output, num_classes):
+    """EMLossForTarget: ``-mean sum_k q_k log q_k`` with ``q_k = p_k + p_{k+K}``."""
+    prob = F.softmax(output, dim=1)
+    q = prob[:, :num_classes] + prob[:, num_classes:]
+    return -(_symnets_log_mass(q) * q).sum(1).mean()
+
+
+def symnets_lambda(progress):
+    """The official ``lam = 2 / (1 + exp(-10 epoch / epochs)) - 1``, with ``progress = epoch / epochs``."""
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
+
+
+def symnets_adjust_learning_rate(optimizer, lr, progress):
+    """The official annealing: ``lr / (1 + 10 p)^0.75`` for 'new-added' groups, a tenth of it for 'pre-trained'."""
+    decay = (1.0 + 10.0 * progress) ** 0.75
+    for group in optimizer.param_groups:
+        group["lr"] = (0.1 * lr if group["name"] == "pre-trained" else lr) / decay
+
+
+def symnets_iteration(model, optimizer, classifier_params, x_s, y_s, x_t, num_classes, progress, entropy=True):
+    """One iteration of the official ``train()`` (flag ``symnet``, or ``no_em`` with ``entropy=False``).
+
+    ``model(x) -> (N, 2K)`` logits (any callable; ``optimizer`` holds all its parameters, as the official SGD
+    does). Source and target batches go through the model separately; the classifier loss and the feature
+    loss are backpropagated one after the other; parameters in ``classifier_params`` (the official
+    ``count >= 159``: the fc) keep the classifier loss's gradient, all others the feature loss's; then one
+    ``optimizer.step()``. Returns the logged values (accuracies as fractions).
+    """
+    k = num_classes
+    out_s = model(x_s)
+    task_s = F.cross_entropy(out_s[:, :k], y_s)
+    task_t = F.cross_entropy(out_s[:, k:], y_s)
+    disc_s = symnets_source_discrimination(out_s, k)
+    category = 0.5 * F.cross_entropy(out_s, y_s) + 0.5 * F.cross_entropy(out_s, y_s + k)
+    out_t = model(x_t)
+    disc_t = symnets_target_discrimination(out_t, k)
+    domain_conf = 0.5 * symnets_target_discrimination(out_t, k) + 0.5 * symnets_source_discrimination(out_t, k)
+    entropy_t = symnets_target_entropy(out_t, k)
+    lam = symnets_lambda(progress)
+    loss_classifier = task_s + task_t + disc_s + disc_t
+    loss_g = category + lam * (domain_conf + entropy_t if entropy else domain_conf)
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.zero_grad()
+    loss_classifier.backward(retain_graph=True)
+    grads_classifier = [None if p.grad is None else p.grad.clone() for p in params]
+    optimizer.zero_grad()
+    loss_g.backward()
+    fc = {id(p) for p in classifier_params}
+    for param, grad_c in zip(params, grads_classifier):
+        if id(param) in fc:
+            param.grad = grad_c
+    optimizer.step()
+    logged = {"cls_loss": loss_classifier, "feat_loss": loss_g, "task_s": task_s, "task_t": task_t,
+              "domain_disc": disc_s + disc_t, "category": category, "domain_conf": domain_conf, "entropy": entropy_t}
+    logged = {key: float(value.detach()) for key, value in logged.items()}
+    logged.update(loss=logged["cls_loss"] + logged["feat_loss"], lam=lam,
+                  acc_cs=float((out_s[:, :k].argmax(1) == y_s).float().mean()),
+                  acc_ct=float((out_s[:, k:].argmax(1) == y_s).float().mean()))
+    return logged
