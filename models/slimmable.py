@@ -85,6 +85,8 @@ class SlimConv2d(nn.Conv2d):
     ``mask_output=False`` leaves the masking to the BatchNorm that follows.
     """
 
+    init_fan = "in"  # MindSpore's default conv init scales with the fan-in (slim_conv: He fan_out)
+
     def __init__(self, in_channels, out_channels, kernel_size, widths=DEFAULT_WIDTHS, slim_input=True,
                  mask_output=True, **conv_kwargs):
         super().__init__(in_channels, out_channels, kernel_size, **conv_kwargs)
@@ -133,6 +135,8 @@ class SlimDense(nn.Dense):
     ``in_block`` > 1 says the input is a flattened ``(C, h, w)`` map with ``in_block = h * w``
     values per channel, so the width keeps the first ``round(w * C) * in_block`` inputs.
     """
+
+    init_fan = "in"
 
     def __init__(self, in_channels, out_channels, widths=DEFAULT_WIDTHS, in_block=1, **dense_kwargs):
         super().__init__(in_channels, out_channels, **dense_kwargs)
@@ -231,10 +235,28 @@ class SwitchableBatchNorm2d(nn.Cell):
 class SlimmableBackbone(nn.Cell):
     """Common part of the slimmable backbones: the width set and the width <-> index mapping."""
 
-    def __init__(self, widths):
+    def __init__(self, widths, width=1.0):
         super().__init__()
         self.widths = check_widths(widths)
-        self.full_width_index = Tensor(self.widths.index(1.0), ms.int32)
+        self.width = float(width)
+        # the width construct runs at when it gets no index: 1.0 in a model bank, the trained width for a
+        # network trained at one width alone (model.backbone_kwargs: {width: w})
+        self.default_width_index = Tensor(self.width_index(width), ms.int32)
+
+    def init_as_narrow(self):
+        """Rescale the initial weights so the active slice at ``self.width`` starts as the plain narrow
+        network would: each layer's init scales as 1/sqrt(fan), and the narrow fan is a fraction of the
+        full one (without this a width-0.25 LeNet, which has no BatchNorm to compensate, does not
+        train: its activations shrink by sqrt(0.25) per layer)."""
+        index = self.width_index(self.width)
+        for _, cell in self.cells_and_names():
+            if not isinstance(cell, (SlimConv2d, SlimDense)):
+                continue
+            fan_ratio = (cell.active_in(index) / cell.in_channels if cell.init_fan == "in"
+                         else cell.active_out(index) / cell.out_channels)
+            if fan_ratio < 1.0:
+                for param in (cell.weight, cell.bias) if cell.has_bias else (cell.weight,):
+                    param.set_data(Tensor(param.asnumpy() / math.sqrt(fan_ratio)))
 
     def width_index(self, width):
         """Index of ``width`` in ``self.widths``; ValueError naming the valid widths."""
@@ -266,8 +288,9 @@ def _no_plugins(norm_plugins):
 class SlimLeNet(SlimmableBackbone):
     """:class:`models.lenet.LeNet` (conv5-32, pool, conv5-48, pool, fc100, fc100) with slimmable layers."""
 
-    def __init__(self, in_channels=3, image_size=28, feature_dim=100, norm_plugins=None, widths=DEFAULT_WIDTHS):
-        super().__init__(widths)
+    def __init__(self, in_channels=3, image_size=28, feature_dim=100, norm_plugins=None, widths=DEFAULT_WIDTHS,
+                 width=1.0):
+        super().__init__(widths, width)
         _no_plugins(norm_plugins)
         side = ((image_size - 4) // 2 - 4) // 2
         if side < 1:
@@ -280,10 +303,11 @@ class SlimLeNet(SlimmableBackbone):
         self.fc1 = SlimDense(48 * side * side, feature_dim, self.widths, in_block=side * side)
         self.fc2 = SlimDense(feature_dim, feature_dim, self.widths)
         self.out_features = feature_dim
+        self.init_as_narrow()
 
     def construct(self, x, width_index=None):
         if width_index is None:
-            width_index = self.full_width_index
+            width_index = self.default_width_index
         x = self.pool(self.relu(self.conv1(x, width_index)))
         x = self.flatten(self.pool(self.relu(self.conv2(x, width_index))))
         return self.relu(self.fc2(self.relu(self.fc1(x, width_index)), width_index))
@@ -306,9 +330,11 @@ class SlimLeNet(SlimmableBackbone):
 
 def slim_conv(in_channels, out_channels, kernel_size, widths, stride=1, slim_input=True):
     """:func:`models.resnet.conv` (bias-free, padding k // 2, He fan_out init), unmasked: its BN masks."""
-    return SlimConv2d(in_channels, out_channels, kernel_size, widths, slim_input=slim_input, mask_output=False,
+    conv = SlimConv2d(in_channels, out_channels, kernel_size, widths, slim_input=slim_input, mask_output=False,
                       stride=stride, pad_mode="pad", padding=kernel_size // 2, has_bias=False,
                       weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+    conv.init_fan = "out"
+    return conv
 
 
 class SlimBottleneck(nn.Cell):
@@ -371,8 +397,8 @@ class SlimResNet(SlimmableBackbone):
     """
 
     def __init__(self, layers=(3, 4, 6, 3), in_channels=3, image_size=224, norm_plugins=None,
-                 widths=DEFAULT_WIDTHS):
-        super().__init__(widths)
+                 widths=DEFAULT_WIDTHS, width=1.0):
+        super().__init__(widths, width)
         _no_plugins(norm_plugins)
         self.conv1 = slim_conv(in_channels, 64, 7, self.widths, stride=2, slim_input=False)
         self.bn1 = SwitchableBatchNorm2d(64, self.widths)
@@ -389,10 +415,11 @@ class SlimResNet(SlimmableBackbone):
             channels = out_channels
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_features = channels
+        self.init_as_narrow()
 
     def construct(self, x, width_index=None):
         if width_index is None:
-            width_index = self.full_width_index
+            width_index = self.default_width_index
         x = self.maxpool(self.relu(self.bn1(self.conv1(x, width_index), width_index)))
         for block in self.layer1:
             x = block(x, width_index)
@@ -458,9 +485,9 @@ class NarrowResNet(resnet.ResNet):
 
 
 @BACKBONES.register("slim_resnet50")
-def slim_resnet50(in_channels=3, image_size=224, norm_plugins=None, widths=DEFAULT_WIDTHS):
+def slim_resnet50(in_channels=3, image_size=224, norm_plugins=None, widths=DEFAULT_WIDTHS, width=1.0):
     """Slimmable ResNet-50: 2048-d pooled features (zero beyond the width)."""
-    return SlimResNet((3, 4, 6, 3), in_channels, image_size, norm_plugins, widths)
+    return SlimResNet((3, 4, 6, 3), in_channels, image_size, norm_plugins, widths, width)
 
 
 def count_flops_params(backbone_name, width, input_size, in_channels=3, num_classes=None):
@@ -525,4 +552,6 @@ def classifier_subnet(model, width):
     head_inputs = features if isinstance(model.bottleneck, nn.Identity) else model.features_dim
     bottleneck = nn.Identity() if isinstance(model.bottleneck, nn.Identity) else with_fewer_inputs(
         model.bottleneck, features)
-    return DeployedClassifier(sub, bottleneck, with_fewer_inputs(model.head, head_inputs))
+    # a head with several classifiers (SlimDA: C_s | C_t and C_a) names the one it deploys
+    head = model.head.deployed_linear() if hasattr(model.head, "deployed_linear") else model.head
+    return DeployedClassifier(sub, bottleneck, with_fewer_inputs(head, head_inputs))

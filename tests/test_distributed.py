@@ -27,7 +27,7 @@ from tests.conftest import ROOT, quick_opts, run_script
 DANN = "configs/digits/dann_optdigits.yaml"
 SCRIPT = os.path.join(ROOT, "scripts", "run_distributed.sh")
 ITERS = 6
-RUN_FILES = {"config.yaml", "last.ckpt", "metrics.jsonl", "results.json", "train.log"}
+RUN_FILES = {"config.yaml", "last.ckpt", "metrics.jsonl", "results.json", "train.log", "validation"}
 
 
 def opts(run_dir, *extra, iters=ITERS, every=3):

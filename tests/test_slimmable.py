@@ -342,3 +342,20 @@ def test_export_cli_errors(tmp_path):
     _, slim_ckpt = build_and_save(tmp_path, config, ["model.backbone=slim_lenet"], "slim")
     line = run("--config", config, "--ckpt", slim_ckpt, "--width", "0.3", "--opt", "model.backbone=slim_lenet")
     assert "width 0.3 is not one of" in line and "0.35" in line
+
+
+def test_single_width_backbone_starts_as_the_plain_narrow_network():
+    """``width=w``: construct runs at w without an index, and each layer's active slice has the plain narrow
+    layer's init range (MindSpore's default conv/dense init is uniform in +-1/sqrt(fan_in))."""
+    from models.slimmable import SlimLeNet
+
+    narrow = SlimLeNet(width=0.25)
+    assert int(narrow.default_width_index.asnumpy()) == narrow.widths.index(0.25)
+    index = narrow.width_index(0.25)
+    for layer in (narrow.conv2, narrow.fc1, narrow.fc2):
+        c_in, c_out = layer.active_in(index), layer.active_out(index)
+        fan_in = c_in * (layer.kernel_size[0] * layer.kernel_size[1] if hasattr(layer, "kernel_size") else 1)
+        bound = float(np.abs(layer.weight.asnumpy()[:c_out, :c_in]).max())
+        assert 0.9 / np.sqrt(fan_in) < bound <= 1.0 / np.sqrt(fan_in) + 1e-6, (layer, bound, 1 / np.sqrt(fan_in))
+    x = Tensor(np.random.default_rng(0).normal(size=(2, 3, 28, 28)).astype(np.float32))
+    np.testing.assert_allclose(narrow(x).asnumpy(), narrow(x, Tensor(index, ms.int32)).asnumpy(), rtol=0, atol=0)
