@@ -87,12 +87,13 @@ def main(argv=None):
     parser.add_argument("--prefetch", type=int, default=2, help="data.prefetch of the loop run")
     parser.add_argument("--root", default="/tmp/bench_office31", help="JPEG tree (made by bench_pipeline.py)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating loop/step timings; fastest of each")
+    parser.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides of both runs")
     args = parser.parse_args(argv)
     from engine.runtime import init_mindspore
 
     init_mindspore("CPU", "graph", 0)
     iters = args.iters or (180 if args.case == "lenet" else 18)
-    extra = [f"data.prefetch={args.prefetch}"]
+    extra = [f"data.prefetch={args.prefetch}"] + args.opt
     if args.case == "resnet18":
         from bench.bench_pipeline import make_tree
 
