@@ -13,7 +13,8 @@ import json
 import os
 import sys
 
-from engine.runtime import DEVICES, configure_cpu_env
+from engine.cli import init_device_or_exit, load_config_or_exit
+from engine.runtime import DEVICES
 
 METRIC_NAMES = {"acc": "accuracy", "miou": "mIoU"}
 PER_CLASS_NAMES = {"acc": "accuracy", "miou": "IoU"}
@@ -62,23 +63,13 @@ def main(argv=None):
     parser.add_argument("--save-predictions", default=None, metavar="DIR",
                         help="segmentation: write colourised prediction PNGs into DIR")
     args = parser.parse_args(argv)
-    configure_cpu_env(args.device)
-    from engine.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config, args.opt)
-    except (ConfigError, KeyError) as err:
-        sys.exit(f"error: {err.args[0]}")
+    cfg = load_config_or_exit(args.config, args.opt, args.device)
+    device = init_device_or_exit(args.device, cfg.train.seed)
     from engine import checkpoint
     from engine.data import build_data
     from engine.evaluators import evaluate
-    from engine.runtime import DeviceUnavailableError, init_mindspore
     from engine.trainer import build_method
 
-    try:
-        device = init_mindspore(args.device, "graph", cfg.train.seed)
-    except DeviceUnavailableError as err:
-        sys.exit(f"error: {err}")
     try:
         method = build_method(cfg)
         meta = checkpoint.load(args.ckpt, method)

@@ -18,7 +18,8 @@ import argparse
 import os
 import sys
 
-from engine.runtime import DEVICES, configure_cpu_env
+from engine.cli import init_device_or_exit, load_config_or_exit
+from engine.runtime import DEVICES
 
 FORMATS = ("MINDIR",)
 
@@ -87,24 +88,14 @@ def main(argv=None):
         sys.exit("error: --batch and --image-size must be positive integers")
     if args.out is not None and not args.out.endswith(".mindir"):
         sys.exit(f"error: --out {args.out} must end with .mindir")
-    configure_cpu_env(args.device)
-    from engine.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config, args.opt)
-    except (ConfigError, KeyError) as err:
-        sys.exit(f"error: {err.args[0]}")
+    cfg = load_config_or_exit(args.config, args.opt, args.device)
+    init_device_or_exit(args.device, cfg.train.seed)
     import mindspore as ms
     import numpy as np
 
     from engine import checkpoint
-    from engine.runtime import DeviceUnavailableError, init_mindspore
     from engine.trainer import build_method
 
-    try:
-        init_mindspore(args.device, "graph", cfg.train.seed)
-    except DeviceUnavailableError as err:
-        sys.exit(f"error: {err}")
     out = args.out or default_out(cfg, args.ckpt, width)
     try:
         method = build_method(cfg)

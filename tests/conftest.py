@@ -18,6 +18,17 @@ def graph_mode():
     yield
 
 
+@pytest.fixture(params=["graph", "pynative"])
+def mode(request):
+    """Runs a test once per MindSpore execution mode; the test receives the mode's name."""
+    import mindspore as ms
+
+    old = ms.get_context("mode")
+    ms.set_context(mode={"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}[request.param])
+    yield request.param
+    ms.set_context(mode=old)
+
+
 @pytest.fixture
 def pynative():
     import mindspore as ms

@@ -15,16 +15,7 @@ from losses.cdan import (CdanEParams, CdanParams, MultiLinearMap, RandomizedMult
                          build_conditional_adversary, entropy_weights, multilinear_map, randomized_multilinear_map)
 from losses.mcc import MccRegularizerParams, MinimumClassConfusionLoss, minimum_class_confusion
 
-MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 N, M, F, C = 6, 5, 4, 3
-
-
-@pytest.fixture(params=sorted(MODES))
-def mode(request):
-    old = ms.get_context("mode")
-    ms.set_context(mode=MODES[request.param])
-    yield request.param
-    ms.set_context(mode=old)
 
 
 def call(mode, fn, *args):

@@ -283,6 +283,7 @@ def test_launch_commands(tmp_path):
         assert line.count("--distribute") == 1
 
 
+@pytest.mark.slow  # 46 s here; the plain msrun equality test above covers the distributed step in the default run
 def test_msrun_joint_phase_equals_one_process(tmp_path):
     """AdaptSegNet's joint phase (G's SGD and D's Adam from one gradient, each all-reduced by its own reducer)
     under msrun: 2 ranks x 8 scenes == 1 process x 16 (DigitScenes has no ignored pixels and the net no

@@ -4,6 +4,7 @@ slimda optdigits config for a few iterations and runs tools/select_width.py on i
 import json
 import os
 import subprocess
+import sys
 
 import engine  # noqa: F401  (runtime settings before MindSpore loads)
 import mindspore as ms
@@ -19,17 +20,8 @@ from losses.symnets import classifier_loss, feature_loss
 from tests.conftest import ROOT, run_script
 from tools.select_width import correlations, select_under_budget, upem
 
-MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 K, N = 3, 4
 WIDTHS = (1.0, 0.75, 0.5, 0.35, 0.25, 0.125)
-
-
-@pytest.fixture(params=sorted(MODES))
-def mode(request):
-    old = ms.get_context("mode")
-    ms.set_context(mode=MODES[request.param])
-    yield request.param
-    ms.set_context(mode=old)
 
 
 # --------------------------------------------------------------------------- NumPy references (loops, per sample)
@@ -240,7 +232,7 @@ def test_select_width_bad_input_is_one_line(tmp_path):
 
 # --------------------------------------------------------------------------- suite, smoke mode (trains, selects)
 def test_suite_smoke_end_to_end(tmp_path):
-    env = dict(os.environ, SMOKE="1", TASKS="optdigits", SEEDS="0", WIDTHS="0.25", BASELINES="source_only",
+    env = dict(os.environ, PYTHON=sys.executable, SMOKE="1", TASKS="optdigits", SEEDS="0", WIDTHS="0.25", BASELINES="source_only",
                RUNS=str(tmp_path / "runs"),
                OPTS="train.iters=2 train.log_every=2 train.eval_every=2 train.ckpt_every=2", BUDGETS="0.6")
     proc = subprocess.run(["bash", "scripts/run_slimda.sh"], cwd=ROOT, env=env, capture_output=True, text=True,

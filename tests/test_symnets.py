@@ -16,16 +16,7 @@ from engine.trainer import build_method, build_phase_optimizers, make_step
 from losses.symnets import SymNetsHead, classifier_loss, feature_loss  # registers the method and the head
 from tests.conftest import quick_opts, run_script
 
-MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 K, N, M = 3, 6, 5
-
-
-@pytest.fixture(params=sorted(MODES))
-def mode(request):
-    old = ms.get_context("mode")
-    ms.set_context(mode=MODES[request.param])
-    yield request.param
-    ms.set_context(mode=old)
 
 
 # --------------------------------------------------------------------------- NumPy references (per sample)
