@@ -138,14 +138,19 @@ class BatchStream:
         File domains whose pipeline can ``stream`` decode in ``mindspore.dataset``'s C++ threads,
         ahead of the host-drawn crops: the same batches, produced faster.
         """
-        stream = getattr(self.pipeline, "stream", None)
-        if stream is None or self.strong_views or not getattr(self.domain, "streamable", False):
+        if not self.engine_fed:
             for it in range(first, last):
                 yield self.batch(it)
             return
         plans = ((self.indices(it), self._rng(it)) for it in range(first, last))
-        for x, idx in stream(self.domain, plans, self.batch_size):
+        for x, idx in self.pipeline.stream(self.domain, plans, self.batch_size):
             yield [x, self.domain.labels[idx]]
+
+    @property
+    def engine_fed(self):
+        """:meth:`batches` comes from a ``mindspore.dataset`` pipeline, which prepares batches ahead in its own threads."""
+        return getattr(self.pipeline, "stream", None) is not None and not self.strong_views \
+            and getattr(self.domain, "streamable", False)
 
     def _rng(self, it):
         return np.random.default_rng([self.seed, self.stream_id, 1_000_003, it, self.shard_id])

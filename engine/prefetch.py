@@ -12,19 +12,11 @@ The producer stops cleanly: an exception in ``make`` is handed to the consumer a
 included) signals the thread, drains the queue so a blocked ``put`` returns, joins it, and then
 calls ``cleanup`` (the trainer closes its batch generators there, stopping their decode threads).
 ``depth=0`` runs ``make`` inline on the caller's thread (no thread at all; for debugging).
-
-While the producer runs, the interpreter's GIL switch interval is lowered to
-``GIL_SWITCH_SECONDS`` (restored by :meth:`close`): MindSpore's step re-takes the GIL between
-kernels, and with Python data threads holding it each re-take waited up to CPython's default 5 ms
-(a ResNet-18 step at 112 x 112 on 2 cores went from 1.6 s to 3.1 s; with 0.2 ms it is back to
-1.6 s, ``bench/bench_loop.py``).
 """
 import queue
-import sys
 import threading
 
 _POLL_SECONDS = 0.1  # how often a blocked producer or consumer re-checks for shutdown
-GIL_SWITCH_SECONDS = 0.0002
 
 
 class PrefetchClosed(RuntimeError):
@@ -39,10 +31,7 @@ class Prefetcher:
         self.cleanup = cleanup  # called once by close() when the producer has stopped (e.g. closes generators)
         self._stop = threading.Event()
         self._thread = None
-        self._switch_interval = None  # the interpreter's, while lowered
         if self.depth > 0 and first < last:
-            self._switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(self._switch_interval, GIL_SWITCH_SECONDS))
             self._queue = queue.Queue(maxsize=self.depth)
             self._thread = threading.Thread(target=self._produce, args=(first,), name=name, daemon=True)
             self._thread.start()
@@ -115,9 +104,6 @@ class Prefetcher:
         return True
 
     def _clean(self):
-        if self._switch_interval is not None:
-            sys.setswitchinterval(self._switch_interval)
-            self._switch_interval = None
         cleanup, self.cleanup = self.cleanup, None
         if cleanup is not None:
             cleanup()

@@ -477,8 +477,12 @@ class Trainer:
                 for feed in pair:
                     feed.close()
 
-        return Prefetcher(make, first, phase.iters, self.cfg.data.prefetch, name=f"batches-{phase.name}",
-                          cleanup=close_feeds)
+        # Engine-fed streams already decode and batch ahead in the dataset engine's threads. A Python
+        # producer on top only competes for the GIL, which the step's thread re-takes between kernels
+        # (bench_loop.py resnet18, 2 workers: +89 % per iteration with it, -4 % without).
+        engine_fed = all(stream.engine_fed for pair in pairs for stream in pair)
+        depth = 0 if engine_fed else self.cfg.data.prefetch
+        return Prefetcher(make, first, phase.iters, depth, name=f"batches-{phase.name}", cleanup=close_feeds)
 
     def run_phase(self, method, phase, phase_idx, optimizers, data, first, scalers=None):
         """Steps ``first..phase.iters - 1``; outputs stay on the device and are read back (and checked

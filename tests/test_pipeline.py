@@ -124,6 +124,8 @@ def test_engine_stream_equals_random_access_batches(photos, tmp_path, monkeypatc
     mean, std = (CAFFE_BGR_MEAN, CAFFE_BGR_STD) if bgr else (IMAGENET_MEAN, IMAGENET_STD)
     pipeline = domain.train_pipeline(augment, 32, 3, mean, std, bgr)
     stream = BatchStream(domain, 4, seed=1, stream_id=0, transform=None, pipeline=pipeline)
+    # the engine prepares these batches ahead itself: the trainer starts no Python producer for them
+    assert stream.engine_fed and not BatchStream(domain, 4, 1, 0, None, pipeline=None).engine_fed
     for first in (0, 5):
         feed = stream.batches(first, 9)  # 3 batches per epoch: crosses epochs
         for it in range(first, 9):
@@ -209,16 +211,3 @@ def test_nan_at_step_k_is_caught_and_last_good_checkpoint_kept(tmp_path, monkeyp
     assert checkpoint.read(os.path.join(run_dir, "last.ckpt"))[1]["iter"] == 4
     assert not [t for t in threading.enumerate() if t.name.startswith("batches-")]  # producer stopped
 
-
-def test_prefetch_lowers_the_gil_switch_interval_while_it_runs():
-    """The step's thread re-takes the GIL between kernels; a 5 ms switch interval made it wait behind the
-    data threads (bench_loop.py resnet18: 1.6 s -> 3.1 s per iteration). Restored when the producer stops."""
-    import sys
-
-    from engine.prefetch import GIL_SWITCH_SECONDS
-
-    before = sys.getswitchinterval()
-    with Prefetcher(lambda it: it, 0, 3, depth=2) as batches:
-        assert sys.getswitchinterval() == pytest.approx(min(before, GIL_SWITCH_SECONDS))
-        assert [batches.get() for _ in range(3)] == [0, 1, 2]
-    assert sys.getswitchinterval() == before
