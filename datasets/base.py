@@ -135,8 +135,8 @@ class BatchStream:
     def batches(self, first, last):
         """``[self.batch(it) for it in range(first, last)]`` as an iterator (close it to stop early).
 
-        File domains whose pipeline can ``stream`` decode in ``mindspore.dataset``'s C++ threads,
-        ahead of the host-drawn crops: the same batches, produced faster.
+        :attr:`engine_fed` streams decode, augment (with the host-drawn parameters) and batch in
+        ``mindspore.dataset``'s threads: the same batches, produced faster.
         """
         if not self.engine_fed:
             for it in range(first, last):

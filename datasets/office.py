@@ -277,7 +277,7 @@ class FileTrainPipeline:
         The same batches as ``self(domain, indices, rng)`` for each plan in turn (within float
         rounding), but every per-image step runs in ``mindspore.dataset``'s worker threads
         (``num_workers`` of them): C++ decode and resize to ``domain.size``, the host-drawn crop and
-        flip (a small Python call per image into the C++ ops), then C++ ``Normalize`` and
+        flip (a numpy view per image, the only Python step), then C++ ``Resize``, ``Normalize`` and
         ``HWC2CHW``, and the engine's own batching. The consumer only receives finished batches.
         Only for domains that are :attr:`FileDomain.streamable` (checked JPEGs: the C++ decoder
         crashes on broken ones). Close the returned generator to stop the engine's threads.

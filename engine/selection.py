@@ -86,7 +86,8 @@ class Selection:
         return os.path.join(self.folder, f"candidate_{phase}_{int(it):06d}.ckpt")
 
     def score(self, method, data, batch_size):
-        """``{"validators": {...}, "source_val_acc": ...}`` of the model now, and the target probabilities saved."""
+        """``{"validators": {...}, "source_val_acc": ...}`` of the model now; the target probabilities are kept
+        for :meth:`consider`, which saves them."""
         model, tf, loader = method.model, data.eval_transform, data.loader
         bs = max(batch_size, 64)
         target_domain = data.target.domain
@@ -103,7 +104,7 @@ class Selection:
                                 source_train_features=source_train_features, target_features=target["features"])
         rec = {"validators": {k: float(v) for k, v in scores.items()}}
         if source_val is not None:
-            rec["source_val_acc"] = float((source_val["probs"].argmax(1) == source_val["labels"]).mean())
+            rec["source_val_acc"] = V.source_accuracy(source_val["probs"], source_val["labels"])
         self._probs = target["probs"].astype(np.float32)
         return rec
 
