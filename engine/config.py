@@ -63,6 +63,7 @@ class ModelCfg:
     pretrained: Optional[str] = None  # path to a MindSpore .ckpt of the backbone
     bottleneck_dim: int = 0           # 0 = no bottleneck (features go straight to the head)
     head: str = "linear"
+    head_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. cosine: {temperature: 0.05}
     num_classes: int = 10
     backbone_lr_mult: float = 1.0
     head_lr_mult: float = 1.0         # the classifier's lr multiplier (DeepLab/AdaptSegNet: 10)

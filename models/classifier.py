@@ -7,13 +7,16 @@ from models.modules import Bottleneck
 
 class Classifier(nn.Cell):
     def __init__(self, backbone, num_classes, bottleneck_dim=0, head="linear", backbone_lr_mult=1.0,
-                 head_lr_mult=1.0):
+                 head_lr_mult=1.0, head_kwargs=None):
         super().__init__()
         self.backbone = backbone
         feat = backbone.out_features
         self.bottleneck = Bottleneck(feat, bottleneck_dim) if bottleneck_dim > 0 else nn.Identity()
         self.features_dim = bottleneck_dim if bottleneck_dim > 0 else feat
-        self.head = HEADS.build(head, self.features_dim, num_classes)
+        try:
+            self.head = HEADS.build(head, self.features_dim, num_classes, **(head_kwargs or {}))
+        except TypeError as err:
+            raise ValueError(f"model.head_kwargs for head {head!r}: {err}") from None
         self.backbone_lr_mult, self.head_lr_mult = backbone_lr_mult, head_lr_mult
 
     def construct(self, x):
@@ -70,7 +73,7 @@ def create_model(cfg_model, in_channels=3, image_size=28):
 
         load_backbone_weights(backbone, cfg_model.pretrained)
     return Classifier(backbone, cfg_model.num_classes, cfg_model.bottleneck_dim, cfg_model.head,
-                      cfg_model.backbone_lr_mult, cfg_model.head_lr_mult)
+                      cfg_model.backbone_lr_mult, cfg_model.head_lr_mult, cfg_model.head_kwargs)
 
 
 def create_segmenter(cfg_model, kwargs, in_channels):

@@ -56,6 +56,35 @@ class LinearHead(nn.Cell):
         return self.fc(f)
 
 
+@HEADS.register("cosine")
+class CosineHead(nn.Cell):
+    """``W l2norm(f) / temperature`` with no bias: the prototype classifier of MME and DANCE.
+
+    Saito et al. (SSDA_MME ``model/basenet.py`` ``Predictor``; DANCE ``models/basenet.py``
+    ``ResClassifier_MME``): features are L2-normalised, the weight rows (class prototypes) are
+    not normalised in the forward pass; DANCE renormalises them after every update with
+    :meth:`normalize_weights` (MME does not). (N, F) -> (N, K).
+    """
+
+    def __init__(self, in_features, num_classes, temperature=0.05):
+        super().__init__()
+        self.fc = nn.Dense(in_features, num_classes, has_bias=False)
+        self.temperature = temperature
+
+    def construct(self, f):
+        return self.fc(l2_normalize(f)) / self.temperature
+
+    def normalize_weights(self):
+        """Rows of the weight scaled to unit L2 norm in place (usable inside a jitted step); returns the assign."""
+        return ops.assign(self.fc.weight, l2_normalize(self.fc.weight))
+
+
+def l2_normalize(x, eps=1e-12):
+    """``x / max(||x||_2, eps)`` along the last axis (``torch.nn.functional.normalize``)."""
+    norm = ops.sqrt(ops.sum(x * x, -1, keepdim=True))
+    return x / ops.maximum(norm, eps)
+
+
 class Bottleneck(nn.Cell):
     """``Dense -> BatchNorm1d -> ReLU`` used between backbone and head by the DA literature."""
 
