@@ -9,7 +9,6 @@ and the checkpoint with the best ``train.select_by`` score so far into ``best_<v
 ``results.json`` then lists, for every validator, the candidate it picks and that checkpoint's
 target accuracy, beside the final checkpoint and the (invalid, labelled) oracle.
 """
-import json
 import logging
 import os
 
@@ -18,6 +17,7 @@ import numpy as np
 from engine import checkpoint
 from engine import validators as V
 from engine.evaluators import predict
+from engine.run_log import is_evaluation, read_run_log
 
 log = logging.getLogger("da")
 VALIDATION_DIR = "validation"
@@ -182,16 +182,7 @@ def read_history(run_dir, metrics_file, phase_names, upto):
     if not os.path.isfile(path):
         return []
     order = {name: i for i, name in enumerate(phase_names)}
-    records = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                rec = json.loads(line)
-            except ValueError:  # a line cut short by the kill
-                continue
-            if not any(k.startswith("target_") for k in rec) or rec.get("phase") not in order:
-                continue
-            if (order[rec["phase"]], int(rec["iter"])) <= upto:
-                records[candidate_id(rec)] = rec
-    return sorted(records.values(), key=lambda r: (order[r["phase"]], int(r["iter"])))
+    records, _ = read_run_log(path, lambda rec: is_evaluation(rec) and rec["phase"] in order
+                              and (order[rec["phase"]], int(rec["iter"])) <= upto)
+    return sorted(records, key=lambda r: (order[r["phase"]], int(r["iter"])))
 

@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import engine  # noqa: E402,F401  (CPU runtime settings before MindSpore loads)
+from engine.run_log import read_run_log  # noqa: E402
 from engine.runtime import DEVICES  # noqa: E402
 
 ANALYSIS_FILE, TSNE_PNG, CURVES_PNG, CONFUSION_PNG = "analysis.json", "tsne.png", "curves.png", "confusion.png"
@@ -84,24 +85,8 @@ def proxy_a_distance(source_features, target_features, seed=0):
 
 
 def read_metrics(path):
-    """Records of ``metrics.jsonl`` ordered by phase (in order of appearance), then iteration; the last copy wins.
-
-    A resumed run repeats the records logged after its last checkpoint, and a killed run may leave
-    a line cut short (skipped).
-    """
-    records, phases = {}, []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(rec, dict) or "phase" not in rec or "iter" not in rec:
-                continue
-            if rec["phase"] not in phases:
-                phases.append(rec["phase"])
-            records[(rec["phase"], int(rec["iter"]))] = rec
-    return sorted(records.values(), key=lambda r: (phases.index(r["phase"]), int(r["iter"])))
+    """Records of ``metrics.jsonl`` ordered by phase (in order of appearance), then iteration; the last copy wins."""
+    return read_run_log(path)[0]
 
 
 def panel_of(key):

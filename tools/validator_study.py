@@ -26,7 +26,6 @@ validators and a large-scale benchmark ranking for UDA" (arXiv 2208.07360), and 
 worst-case-aware study that proposed EnsV (NeurIPS 2024 D&B). No MindSpore needed.
 """
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -38,6 +37,7 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine.validators import ALL, ens_agreement  # noqa: E402  (engine/__init__ sets env vars only)
+from engine.run_log import read_run_log  # noqa: E402
 
 LAST = "last checkpoint"
 
@@ -55,22 +55,11 @@ def _domain_label(domain):
 
 
 def _read_metrics(path, notes):
-    """Evaluation records in first-seen (phase, iter) order; a repeated (resumed) record replaces the earlier one."""
-    records, bad = {}, 0
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(rec, dict) and "target_acc" in rec:
-                records[(rec.get("phase", ""), int(rec.get("iter", 0)))] = rec
+    """Evaluation records by ``(phase, iter)`` in log order; a repeated (resumed) record replaces the earlier one."""
+    records, bad = read_run_log(path, lambda rec: "target_acc" in rec)
     if bad:
         notes.append(f"{path}: skipped {bad} unreadable line(s)")
-    return records
+    return {(rec["phase"], int(rec["iter"])): rec for rec in records}
 
 
 def load_run(run_dir, notes):
