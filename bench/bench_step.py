@@ -5,7 +5,8 @@
 Each config's step is built exactly as train.py builds it (method, optimizers, make_step) and fed
 real batches from its data streams, or with ``--synthetic`` random batches of the config's shapes
 (for tasks whose data is not on disk); prints median ms/step, the ratio to the first config and
-the implied time of the config's ``train.iters`` iterations (evaluation not included).
+the implied time of the timed phase's iterations (evaluation not included). ``--phase NAME`` times
+that phase's step instead of the method's last one (``--phase translation`` for CyCADA's CycleGAN step).
 """
 import argparse
 import os
@@ -47,7 +48,18 @@ def synthetic_batches(cfg, method, count=8):
     return batches
 
 
-def step_time(path, steps, warmup, synthetic=False, overrides=()):
+def pick_phase(method, name=None):
+    """The method's phase called ``name`` (default: its last phase, the adaptation one)."""
+    phases = method.phases()
+    if name is None:
+        return phases[-1]
+    by_name = {phase.name: phase for phase in phases}
+    if name not in by_name:
+        raise SystemExit(f"--phase {name!r}: {type(method).__name__} has phases {', '.join(by_name)}")
+    return by_name[name]
+
+
+def step_time(path, steps, warmup, synthetic=False, overrides=(), phase_name=None):
     import mindspore as ms
     from mindspore import Tensor
 
@@ -58,7 +70,8 @@ def step_time(path, steps, warmup, synthetic=False, overrides=()):
     cfg = load_config(path, overrides)
     method = build_method(cfg)
     method.set_train(True)
-    phase = method.phases()[-1]
+    phase = pick_phase(method, phase_name)
+    iters = phase.iters
     step = make_step(phase, method.loss_cells(phase), build_phase_optimizers(cfg.optim, method, phase))
     if synthetic:
         batches = synthetic_batches(cfg, method)
@@ -73,7 +86,7 @@ def step_time(path, steps, warmup, synthetic=False, overrides=()):
         out[0].asnumpy()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times), cfg.train.iters
+    return 1000 * statistics.median(times), iters
 
 
 def main():
@@ -82,6 +95,8 @@ def main():
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--synthetic", action="store_true", help="random batches of the config's shapes")
+    parser.add_argument("--phase", default=None,
+                        help="time this phase's step (default: the method's last phase), e.g. translation for cycada")
     parser.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every config")
     args = parser.parse_args()
     from engine.runtime import init_mindspore
@@ -92,7 +107,7 @@ def main():
     print(f"median ms/step over {args.steps} steps, MindSpore {ms.__version__} graph mode on {device}")
     base = None
     for path in args.configs:
-        ms_step, iters = step_time(path, args.steps, args.warmup, args.synthetic, args.opt)
+        ms_step, iters = step_time(path, args.steps, args.warmup, args.synthetic, args.opt, args.phase)
         base = base or ms_step
         print(f"  {os.path.basename(path):32s} {ms_step:8.1f} ms   x{ms_step / base:.2f}   "
               f"{iters} iterations ~ {ms_step * iters / 60000:.1f} min")

@@ -355,8 +355,10 @@ def _checked_size(path):
         return _reason(err)
 
 
-def check_images(paths, workers=2, source="", show=20):
+def check_images(paths, workers=2, source="", show=20, skip_bad=False):
     """Decode every file once; ONE :class:`DatasetMissingError` lists all that fail, else ``[(w, h)]``.
+
+    ``skip_bad``: no error; files that fail get ``None`` in the returned list (the caller leaves them out).
 
     The check decodes with Pillow, independently of the C++ decoder (which must only see files that
     decode). Files that decoded are recorded with their byte size, mtime and pixel size in
@@ -392,12 +394,12 @@ def check_images(paths, workers=2, source="", show=20):
             os.replace(tmp, cache_file)  # atomic: other ranks may read or write it at the same time
         except OSError:
             pass  # a read-only home only costs the re-check next time
-    if bad:
+    if bad and not skip_bad:
         more = f" and {len(bad) - show} more" if len(bad) > show else ""
         where = f" of {source}" if source else ""
         raise DatasetMissingError(f"{len(bad)} of {len(paths)} image file(s){where} cannot be decoded: "
                                   f"{', '.join(bad[:show])}{more}; re-extract them or remove them from the image list")
-    return [tuple(known[p][2:4]) for p in paths]
+    return [tuple(known[p][2:4]) if p in known and known[p][:2] == keys[p] else None for p in paths]
 
 
 class FileDomain(ImageDomain):

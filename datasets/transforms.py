@@ -256,3 +256,128 @@ def ocr_strong(images, rng, size):
             image = _gaussian_blur(image, rng.uniform(0.1, 2.0))
         out[i] = image
     return out
+
+
+# --------------------------------------------------------------------------- PAC's strong view (RandAugment)
+def _affine(image, matrix, fill=0.0):
+    """PIL ``Image.transform(AFFINE, (a, b, c, d, e, f))`` with nearest sampling: output (x, y) reads input
+    ``(a x + b y + c, d x + e y + f)``; pixels from outside the image are ``fill``."""
+    a, b, c, d, e, f = matrix
+    h, w = image.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    src_x = np.floor(a * xs + b * ys + c + 0.5).astype(int)  # PIL NEAREST: centre of the mapped pixel
+    src_y = np.floor(d * xs + e * ys + f + 0.5).astype(int)
+    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    out = np.full_like(image, fill)
+    out[inside] = image[src_y[inside], src_x[inside]]
+    return out
+
+
+def _equalize(image):
+    """PIL ``ImageOps.equalize`` per channel on the 0-255 scale."""
+    q = np.clip(np.round(image * 255.0), 0, 255).astype(np.int64)
+    out = np.empty_like(image)
+    for ch in range(image.shape[-1]):
+        hist = np.bincount(q[..., ch].ravel(), minlength=256)
+        used = hist[hist > 0]
+        step = (hist.sum() - used[-1]) // 255
+        if step == 0:
+            out[..., ch] = image[..., ch]
+            continue
+        lut = np.minimum((step // 2 + np.concatenate([[0], np.cumsum(hist)[:-1]])) // step, 255)
+        out[..., ch] = lut[q[..., ch]] / 255.0
+    return out
+
+
+def _smooth(image):
+    """PIL's SMOOTH kernel ``[[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13`` (``ImageEnhance.Sharpness``), border kept."""
+    out = image.copy()
+    h, w = image.shape[:2]
+    acc = sum(image[1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) \
+        + 4 * image[1:-1, 1:-1]
+    out[1:-1, 1:-1] = acc / 13.0
+    return out
+
+
+def _signed(rng, value):
+    return -value if rng.random() < 0.5 else value
+
+
+def _rand_augment_op(image, rng, name, v):
+    """One op of FixMatch's pool (PAC ``utils/transforms.py`` ``fixmatch_augment_pool``) at level v in 1..9."""
+    h, w = image.shape[:2]
+    level = v / 10.0  # _float_parameter(v, max_v) = v * max_v / PARAMETER_MAX
+    gray = _grayscale(image[None])[0] if image.shape[-1] == 3 else image
+    if name == "auto_contrast":
+        low, high = image.min(axis=(0, 1), keepdims=True), image.max(axis=(0, 1), keepdims=True)
+        return np.where(high > low, (image - low) / np.where(high > low, high - low, 1.0), image)
+    if name == "brightness":
+        return _blend(image, 0.0, level * 0.9 + 0.05)
+    if name == "color":
+        return _blend(image, gray, level * 0.9 + 0.05)
+    if name == "contrast":
+        return _blend(image, gray.mean(), level * 0.9 + 0.05)
+    if name == "equalize":
+        return _equalize(image)
+    if name == "posterize":
+        bits = int(v * 4 / 10) + 4
+        shift = 8 - bits
+        return ((np.round(image * 255.0).astype(np.int64) >> shift) << shift) / 255.0
+    if name == "rotate":
+        angle = np.deg2rad(_signed(rng, int(v * 30 / 10)))
+        cos, sin = np.cos(angle), np.sin(angle)
+        cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+        return _affine(image, (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy))
+    if name == "sharpness":
+        return _blend(image, _smooth(image), level * 0.9 + 0.05)
+    if name == "shear_x":
+        return _affine(image, (1, _signed(rng, level * 0.3), 0, 0, 1, 0))
+    if name == "shear_y":
+        return _affine(image, (1, 0, 0, _signed(rng, level * 0.3), 1, 0))
+    if name == "solarize":
+        threshold = 256 - int(v * 256 / 10)
+        return np.where(np.round(image * 255.0) >= threshold, 1.0 - image, image)
+    if name == "translate_x":
+        return _affine(image, (1, 0, int(_signed(rng, level * 0.3) * w), 0, 1, 0))
+    if name == "translate_y":
+        return _affine(image, (1, 0, 0, 0, 1, int(_signed(rng, level * 0.3) * h)))
+    return image  # identity
+
+
+RAND_AUGMENT_POOL = ("auto_contrast", "brightness", "color", "contrast", "equalize", "identity", "posterize",
+                     "rotate", "sharpness", "shear_x", "shear_y", "solarize", "translate_x", "translate_y")
+
+
+def rand_augment(image, rng, n=2, m=10, cutout=16 / 224):
+    """PAC's ``RandAugmentMC(n=2, m=10)``: n ops drawn with replacement from the FixMatch pool, level
+    ``v ~ randint(1, m)``, each applied with probability 0.5, then a grey (0.5) Cutout square of side
+    ``cutout`` x the image side (16 px of 224 in PAC). One (H, W, C) image in [0, 1]."""
+    for op in rng.choice(len(RAND_AUGMENT_POOL), n):
+        v = int(rng.integers(1, m))
+        if rng.random() < 0.5:
+            image = np.clip(_rand_augment_op(image, rng, RAND_AUGMENT_POOL[op], v), 0.0, 1.0).astype(np.float32)
+    h, w = image.shape[:2]
+    side = max(1, int(round(cutout * min(h, w))))
+    x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
+    x0, y0 = int(max(0, x0 - side / 2.0)), int(max(0, y0 - side / 2.0))
+    image = image.copy()
+    image[y0:min(h, y0 + side), x0:min(w, x0 + side)] = 0.5
+    return image
+
+
+@TRANSFORMS.register("randaugment")
+def randaugment(images, rng, size):
+    """PAC's strong view (``aug_level=3``): random crop + flip where the domain stores images larger than
+    ``size`` (file domains; digits stay whole and unflipped), RandAugment (n 2, m 10) + Cutout, then
+    ColorJitter(0.4, 0.4, 0.4, 0.1) with probability 0.8. Eval (``rng=None``): the centre crop."""
+    if rng is None:
+        return center_crop(images, rng, size)
+    images = flip_crop(images, rng, size) if images.shape[1] > size or images.shape[2] > size else \
+        np.array(images, np.float32)
+    out = np.empty_like(images)
+    for i in range(len(images)):
+        image = rand_augment(images[i], rng)
+        if image.shape[-1] == 3 and rng.random() < 0.8:
+            image = _color_jitter(image, rng)
+        out[i] = image
+    return out

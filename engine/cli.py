@@ -24,3 +24,17 @@ def init_device_or_exit(device, seed):
         return init_mindspore(device, "graph", seed)
     except DeviceUnavailableError as err:
         sys.exit(f"error: {err}")
+
+
+def print_table_or_exit(make_table, source, out=None):
+    """The ``--table`` mode of tools/tta.py and tools/robustness.py: ``make_table(source)`` (a ``ValueError`` is
+    the user's input: one line), written to ``out`` when given, printed; returns the table."""
+    try:
+        table = make_table(source)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    if out:
+        with open(out, "w", encoding="utf-8") as handle:
+            handle.write(table)
+    print(table, end="")
+    return table

@@ -16,7 +16,7 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 @dataclass
 class DomainCfg:
     name: str = "optdigits"          # DATASETS registry key
-    domain: Optional[str] = None     # sub-domain for multi-domain datasets (office31: A/W/D)
+    domain: Union[str, List[str], None] = None  # sub-domain (office31: A/W/D); source: a list joins several
     root: str = "data"               # where the files live (ignored by embedded datasets)
     download: bool = False           # fetch missing files (checksummed) when a mirror exists
     image_list: Optional[str] = None  # TLlib-style "path label" list overriding the folder scan
@@ -47,13 +47,22 @@ class DataCfg:
     image_size: int = 28
     channels: int = 3
     resize_size: int = 0             # resize before crop (0 = image_size); imagenet style: 256
-    normalize: str = "source"        # source (per-channel mean/std of source train) | imagenet | none | center | caffe
+    # source (per-channel mean/std of source train) | imagenet | none | center | symmetric ((x-0.5)/0.5) | caffe
+    normalize: str = "source"
     train_transform: str = "none"    # none | flip_crop | imagenet | identity (segmentation: no resize, no crop)
     seg_augment: Dict[str, Any] = field(default_factory=dict)  # segmentation: {scale: [lo, hi], crop: [w, h], flip: bool}
     strong_transform: str = "digits_strong"  # augmentation of the extra views regularizers ask for (OCR, IIMT)
     num_workers: int = 2
     prefetch: int = 2                # batches prepared ahead of the step on a background thread (0 = inline)
     source_val_fraction: float = 0.1  # labelled source images held out for label-free selection
+    target_labeled_per_class: int = 0  # SSDA (MME, PAC): labelled target train images per class, 1 or 3 (0 = UDA)
+    target_val_per_class: int = 3     # SSDA: labelled target validation images per class (MME's split)
+    few_shot_seed: int = 0            # seed of the few-shot split (not train.seed: every seed sees the same labels)
+    # class-split settings (datasets/class_split.py), class indices of the dataset; all None = closed set.
+    # open-set: target_private set; partial: source_private set; open-partial: both
+    shared_classes: Optional[List[int]] = None
+    source_private: Optional[List[int]] = None
+    target_private: Optional[List[int]] = None
 
 
 @dataclass
@@ -77,10 +86,11 @@ class OptimCfg:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    lr_schedule: str = "inv"          # inv: lr * (1 + gamma * it) ** -power | poly: lr * (1 - it / total) ** power | constant
+    lr_schedule: str = "inv"          # inv: lr * (1 + gamma * it) ** -power | poly: lr * (1 - it / total) ** power | cosine | constant
     lr_gamma: float = 0.01
     lr_power: float = 0.75
-    lr_total_iters: int = 0           # poly: iterations the decay runs over (0 = train.iters); may exceed train.iters
+    lr_total_iters: int = 0           # poly, cosine: iterations the decay runs over (0 = the phase's); may exceed them
+    lr_step_every: int = 1            # cosine: iterations between LR changes (an epoch's: stepped per epoch, as Dassl)
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
 
 

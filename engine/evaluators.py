@@ -2,8 +2,9 @@
 
 Every evaluator has the signature ``(model, domain, transform, batch_size, loader=None,
 on_batch=None) -> {"metric", "score", "per_class", "n", "extra"}``: ``metric`` names the
-score (``acc`` for classification, ``miou`` for segmentation), ``per_class`` lists the per-class
-numbers in ``domain.class_names`` order and ``extra`` holds secondary numbers. ``on_batch(indices,
+score (``acc`` for classification and partial targets, ``hscore`` for open-set targets, ``miou`` for
+segmentation), ``per_class`` lists the per-class numbers in ``domain.class_names`` order and
+``extra`` holds secondary numbers. ``on_batch(indices,
 predictions)`` sees every batch of predictions (eval.py writes colourised maps with it). The
 model runs in inference mode over the whole domain, in order, without augmentation; the trainer
 and eval.py call :func:`evaluate` and never ask which task they are in.
@@ -79,6 +80,99 @@ def classification(model, domain, transform, batch_size, loader=None, on_batch=N
                  for c in range(domain.num_classes)]
     acc = float((preds == labels).mean())
     return {"metric": "acc", "score": acc, "per_class": per_class, "n": int(len(labels)), "extra": {}}
+
+
+def _logits_and_labels(model, domain, transform, batch_size, loader, on_batch):
+    """Logits (float64) and labels of the whole domain in order; ``on_batch`` sees each batch's argmax."""
+    logits, labels = [], []
+    for idx, x, y in _batches(domain, max(batch_size, 64), transform, loader):
+        out = model(Tensor(x))[0].asnumpy().astype(np.float64)
+        if on_batch is not None:
+            on_batch(idx, out.argmax(-1))
+        logits.append(out)
+        labels.append(y)
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def class_recalls(pred, labels, classes):
+    """``[accuracy on the images of class c for c in classes]``, NaN for a class with no image."""
+    return [float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan") for c in classes]
+
+
+def entropy_threshold(num_logits):
+    """DANCE's rho = ln(K) / 2 for K classes (the official configs' train.thr: 1.15, 1.49, 1.71 for K = 10, 20, 31)."""
+    return float(np.log(num_logits) / 2.0)
+
+
+def rejecting_predictions(logits, unknown_label):
+    """``(predictions, rho)``: the argmax, or ``unknown_label`` where the softmax entropy exceeds rho = ln(K) / 2."""
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    entropy = -(np.exp(log_p) * log_p).sum(1)
+    threshold = entropy_threshold(logits.shape[1])
+    return np.where(entropy > threshold, unknown_label, logits.argmax(1)), threshold
+
+
+def openset_scores(logits, labels, known_classes, unknown_label):
+    """Open-set scores of ``logits`` (N, K) against ``labels`` (known classes, or ``unknown_label`` = K).
+
+    As the official DANCE ``eval.py``: a prediction is "unknown" when the entropy of the softmax
+    (natural log) exceeds rho = ln(K) / 2, else the argmax. Accuracies are per class (recall): known =
+    mean over ``known_classes``, unknown = the recall of ``unknown_label``; H-score = their harmonic
+    mean (Fu et al., ECCV 2020; OVANet's ``h_score``); ``os`` = mean over the known classes and
+    unknown (eval.py's "per class mean acc"). ``closed_*``: the argmax alone (no rejection) on the
+    known-class images.
+    """
+    pred, threshold = rejecting_predictions(logits, unknown_label)
+    closed = np.asarray(logits).argmax(1)
+    known = class_recalls(pred, labels, known_classes)
+    known_acc = float(np.nanmean(known)) if not np.all(np.isnan(known)) else float("nan")
+    unknown_acc = class_recalls(pred, labels, [unknown_label])[0]
+    total = known_acc + unknown_acc
+    hscore = 2.0 * known_acc * unknown_acc / total if total > 0 else 0.0
+    closed_per_class = class_recalls(closed, labels, known_classes)
+    return {"hscore": float(hscore), "known_acc": known_acc, "unknown_acc": unknown_acc,
+            "os": float(np.nanmean(known + [unknown_acc])), "closed_acc": float(np.nanmean(closed_per_class)),
+            "closed_per_class": closed_per_class, "known_per_class": known,
+            "unknown_rate": float((pred == unknown_label).mean()), "threshold": threshold}
+
+
+@EVALUATORS.register("openset")
+def openset(model, domain, transform, batch_size, loader=None, on_batch=None):
+    """Open-set / open-partial target (datasets/class_split.py): score = H-score of known and unknown accuracy.
+
+    ``per_class`` follows ``domain.class_names`` (the source's K classes, then "unknown"): recall with
+    rejection for the known classes and the unknown, NaN for source-private classes (absent from the
+    target); the other numbers of :func:`openset_scores` go to ``extra``.
+    """
+    logits, labels = _logits_and_labels(model, domain, transform, batch_size, loader, on_batch)
+    scores = openset_scores(logits, labels, domain.known_classes, domain.unknown_label)
+    per_class = [float("nan")] * domain.num_classes
+    for c, acc in zip(domain.known_classes, scores["known_per_class"]):
+        per_class[c] = acc
+    per_class[domain.unknown_label] = scores["unknown_acc"]
+    extra = {k: v for k, v in scores.items() if k not in ("hscore", "known_per_class")}
+    return {"metric": "hscore", "score": scores["hscore"], "per_class": per_class, "n": int(len(labels)),
+            "extra": extra}
+
+
+@EVALUATORS.register("partial")
+def partial(model, domain, transform, batch_size, loader=None, on_batch=None):
+    """Partial target (only shared classes; the model predicts all K source classes): accuracy over the target.
+
+    ``extra``: ``shared_class_acc`` (mean per-class accuracy over the shared classes) and
+    ``acc_with_rejection`` (the official DANCE ``eval.py`` applies the entropy rejection of
+    :func:`openset_scores` in every setting, so a rejected shared-class image counts as an error).
+    """
+    logits, labels = _logits_and_labels(model, domain, transform, batch_size, loader, on_batch)
+    pred = logits.argmax(1)
+    per_class = class_recalls(pred, labels, range(domain.num_classes))
+    rejecting, _ = rejecting_predictions(logits, logits.shape[1])
+    extra = {"shared_class_acc": float(np.nanmean([per_class[c] for c in domain.known_classes])),
+             "acc_with_rejection": float((rejecting == labels).mean())}
+    return {"metric": "acc", "score": float((pred == labels).mean()), "per_class": per_class,
+            "n": int(len(labels)), "extra": extra}
 
 
 class DensePrediction(nn.Cell):

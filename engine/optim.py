@@ -34,6 +34,24 @@ class PolyLR(LearningRateSchedule):
         return self.lr * ops.pow(1.0 - it / self.total, self.power)
 
 
+class CosineLR(LearningRateSchedule):
+    """``lr * (1 + cos(pi * e / E)) / 2`` with ``e = it // step_every`` and ``E = total / step_every``.
+
+    ``step_every`` iterations per LR change: 1 anneals every iteration; an epoch's iterations give
+    ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=epochs)`` stepped once per epoch (Dassl's
+    ``cosine``, used by the OCR and CrossNorm/SelfNorm recipes).
+    """
+
+    def __init__(self, lr, total, step_every=1):
+        super().__init__()
+        self.lr, self.step_every = lr, int(step_every)
+        self.periods = float(total) / self.step_every
+
+    def construct(self, global_step):
+        period = ops.minimum((global_step // self.step_every).astype(ms.float32), self.periods)
+        return self.lr * 0.5 * (1.0 + ops.cos(3.141592653589793 * period / self.periods))
+
+
 _torch_adam_update = ops.MultitypeFuncGraph("torch_adam_update")
 
 
@@ -67,8 +85,27 @@ class TorchAdam(nn.Adam):
         return self.map_(update, gradients, params, moment1, moment2)
 
 
-def build_lr(cfg_optim, mult, total_iters=None):
+class PerIterationLR(LearningRateSchedule):
+    """``schedule(global_step // k)``: the LR of an optimizer stepped ``k`` times per iteration (MME's
+    CE and entropy updates share one SGD, and the official code sets its LR once per iteration)."""
+
+    def __init__(self, schedule, k):
+        super().__init__()
+        self.schedule, self.k = schedule, k
+
+    def construct(self, global_step):
+        return self.schedule(global_step // self.k)
+
+
+def build_lr(cfg_optim, mult, total_iters=None, updates_per_iter=1):
     """The learning rate of a group at ``mult`` x ``optim.lr``; ``total_iters`` is the phase's length (poly)."""
+    lr = _build_lr(cfg_optim, mult, total_iters)
+    if updates_per_iter > 1 and isinstance(lr, LearningRateSchedule):
+        return PerIterationLR(lr, updates_per_iter)
+    return lr
+
+
+def _build_lr(cfg_optim, mult, total_iters=None):
     base = cfg_optim.lr * mult
     if cfg_optim.lr_schedule == "inv":
         return InverseDecayLR(base, cfg_optim.lr_gamma, cfg_optim.lr_power)
@@ -77,18 +114,26 @@ def build_lr(cfg_optim, mult, total_iters=None):
         if not total or total < 1:
             raise ValueError("optim.lr_schedule=poly needs optim.lr_total_iters >= 1 (or the phase's iterations)")
         return PolyLR(base, total, cfg_optim.lr_power)
+    if cfg_optim.lr_schedule == "cosine":
+        total = cfg_optim.lr_total_iters or total_iters
+        if not total or total < cfg_optim.lr_step_every or cfg_optim.lr_step_every < 1:
+            raise ValueError("optim.lr_schedule=cosine needs optim.lr_step_every >= 1 and optim.lr_total_iters (or the "
+                             "phase's iterations) >= lr_step_every")
+        return CosineLR(base, total, cfg_optim.lr_step_every)
     if cfg_optim.lr_schedule == "constant":
         return base
-    raise ValueError(f"unknown optim.lr_schedule {cfg_optim.lr_schedule!r}; use inv, poly or constant")
+    raise ValueError(f"unknown optim.lr_schedule {cfg_optim.lr_schedule!r}; use inv, poly, cosine or constant")
 
 
-def build_optimizer(groups, cfg_optim, name="gen", total_iters=None):
+def build_optimizer(groups, cfg_optim, name="gen", total_iters=None, updates_per_iter=1):
     """``groups = [(params, lr_mult), ...]`` -> one optimizer whose groups keep their multipliers.
+
+    ``updates_per_iter``: how many times a training step calls it (its LR schedule counts iterations).
 
     The optimizer's own state (global_step, moments, ...) is renamed ``<name>.<param>`` so two
     optimizers can live in one jitted step (ADDA) without clashing parameter names.
     """
-    opt = _make_optimizer(groups, cfg_optim, total_iters)
+    opt = _make_optimizer(groups, cfg_optim, total_iters, updates_per_iter)
     network = {id(p) for params, _ in groups for p in params}
     for _, param in opt.parameters_and_names():
         if id(param) not in network and not param.name.startswith(f"{name}."):
@@ -96,8 +141,8 @@ def build_optimizer(groups, cfg_optim, name="gen", total_iters=None):
     return opt
 
 
-def _make_optimizer(groups, cfg_optim, total_iters=None):
-    param_groups = [{"params": list(params), "lr": build_lr(cfg_optim, mult, total_iters)}
+def _make_optimizer(groups, cfg_optim, total_iters=None, updates_per_iter=1):
+    param_groups = [{"params": list(params), "lr": build_lr(cfg_optim, mult, total_iters, updates_per_iter)}
                     for params, mult in groups if params]
     first_lr = param_groups[0]["lr"]
     if cfg_optim.name == "sgd":

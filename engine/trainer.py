@@ -13,7 +13,7 @@ from mindspore.amp import all_finite
 
 from engine import checkpoint
 from engine.config import config_hash, dump_config
-from engine.data import build_data
+from engine.data import build_data, with_source_domain
 from engine.distributed import ranks_agree
 from engine.prefetch import Prefetcher
 from engine.optim import LossScaleState, apply_amp, build_loss_scaler, build_optimizer
@@ -25,6 +25,16 @@ from models import create_model
 
 log = logging.getLogger("da")
 LAST_CKPT, RESULTS, CONFIG_FILE, METRICS = "last.ckpt", "results.json", "config.yaml", "metrics.jsonl"
+
+
+@dataclasses.dataclass
+class PhaseContext:
+    """What the trainer hands a method's hooks (``phase_source``, ``eval_artifacts``): the run directory,
+    the data bundle (``engine.data.DataBundle``, with the config's own source stream), the config, rank 0 or not."""
+    run_dir: str
+    data: object
+    cfg: object
+    is_main: bool = True
 
 
 class RunDirError(RuntimeError):
@@ -42,7 +52,10 @@ def build_method(cfg):
     model = model_factory()
     regs = [REGULARIZERS.build(r.name, r, num_classes=cfg.model.num_classes, features_dim=model.features_dim)
             for r in cfg.regularizers]
-    return METHODS.build(cfg.method.name, cfg.method, model, regs, cfg.model.num_classes, cfg.train, model_factory)
+    method = METHODS.build(cfg.method.name, cfg.method, model, regs, cfg.model.num_classes, cfg.train, model_factory)
+    method.labelled_target = cfg.data.target_labeled_per_class > 0  # SSDA: batches carry x_tl, y_tl
+    method.bind_data_config(cfg.data)  # before any checkpoint load (DANCE sizes its memory bank)
+    return method
 
 
 def phase_optim(cfg_optim, phase, group=None):
@@ -58,7 +71,10 @@ def phase_optim(cfg_optim, phase, group=None):
 def build_phase_optimizers(cfg_optim, method, phase):
     """``{group: optimizer}`` of a phase, each with its overrides; poly schedules run over the phase."""
     groups = method.param_groups(phase)
-    return {g: build_optimizer(groups[g], phase_optim(cfg_optim, phase, g), g, phase.iters) for g in phase.groups}
+    # a group several update units step (MME: CE step, then entropy step) keeps one LR per iteration
+    per_iter = {g: sum(g in unit_groups for _, unit_groups in phase.update_units()) for g in phase.groups}
+    return {g: build_optimizer(groups[g], phase_optim(cfg_optim, phase, g), g, phase.iters, max(per_iter[g], 1))
+            for g in phase.groups}
 
 
 def make_step(phase, loss_cells, optimizers, loss_scalers=None, group_size=1, grad_accum=1):
@@ -266,9 +282,12 @@ def micro_streams(data, k, rank):
     ``data`` was built with ``num_shards = cards x k``: micro-batch j of rank r reads virtual shard
     ``r * k + j``, so k-step accumulation on n cards reads exactly the batches n x k cards would.
     """
+    streams = (data.source, data.target)
+    if getattr(data, "target_labeled", None) is not None:  # SSDA: the few-shot labelled target stream third
+        streams += (data.target_labeled,)
     if k == 1:
-        return [(data.source, data.target)]
-    return [tuple(stream.with_shard(rank * k + j) for stream in (data.source, data.target)) for j in range(k)]
+        return [streams]
+    return [tuple(stream.with_shard(rank * k + j) for stream in streams) for j in range(k)]
 
 
 def ckpt_state(optimizers, scalers):
@@ -400,6 +419,9 @@ class Trainer:
         # every rank reads its own shard; with accumulation each micro-batch is a shard of its own
         data = build_data(cfg, cfg.train.seed, self.group_size * k, self.rank * k, method.strong_views)
         self.streams = micro_streams(data, k, self.rank)
+        if data.few_shot is not None:  # SSDA: the labelled target indices, saved and checked on resume
+            from datasets.few_shot import save_or_check
+            save_or_check(data.few_shot, self.run_dir, self.is_main)
         names, select_by = resolve_validators(cfg.train, data.source_val is not None,
                                               getattr(data.target_test, "task", "classification"))
         self.selection = Selection(names, select_by, self.run_dir, self.is_main, cfg.train.validator_samples)
@@ -425,7 +447,8 @@ class Trainer:
                 first = start_iter
             else:
                 method.start_phase(phase)
-            history += self.run_phase(method, phase, phase_idx, optimizers, data, first, scalers)
+            history += self.run_phase(method, phase, phase_idx, optimizers, self.phase_data(method, phase, data),
+                                      first, scalers)
         final = self.final_results(method, data, history, time.time() - started)
         if self.is_main:
             checkpoint.save(self.ckpt_path, method, {}, iter=phases[-1].iters, phase=len(phases),
@@ -436,16 +459,29 @@ class Trainer:
             os.replace(tmp, os.path.join(self.run_dir, RESULTS))
         return final
 
+    def phase_data(self, method, phase, data):
+        """The data bundle ``phase`` trains on: ``data``, or with the source domain the method's
+        ``phase_source`` hook gives (re-applied on resume, as the hook runs for every phase that runs)."""
+        domain = method.phase_source(phase, PhaseContext(self.run_dir, data, self.cfg, self.is_main))
+        phase_data = data if domain is None else with_source_domain(data, domain)
+        self.streams = micro_streams(phase_data, self.cfg.train.grad_accum, self.rank)
+        return phase_data
+
     def make_batch(self, method, data, it, micro=0, drawn=None):
         """The batch dict of iteration ``it`` (micro-batch ``micro`` of it under gradient accumulation).
 
         ``drawn``: the (source, target) stream batches of ``it`` when already made (the prefetcher's).
         """
-        source, target = self.streams[micro] if self.streams else (data.source, data.target)
-        (x_s, y_s, *s_strong), (x_t, _unused_target_labels, *t_strong) = drawn or (source.batch(it), target.batch(it))
+        streams = self.streams[micro] if self.streams else micro_streams(data, 1, 0)[0]
+        drawn = drawn or [stream.batch(it) for stream in streams]
+        (x_s, y_s, *s_strong), (x_t, _unused_target_labels, *t_strong) = drawn[:2]
         batch = {"x_s": x_s, "y_s": y_s.astype(np.int32), "x_t": x_t}
         if method.strong_views:
             batch["x_s_strong"], batch["x_t_strong"] = s_strong[0], t_strong[0]
+        if len(drawn) > 2:  # SSDA: the few-shot labelled target batch (stream TARGET_LABELED_STREAM)
+            batch["x_tl"], batch["y_tl"] = drawn[2][0], drawn[2][1].astype(np.int32)
+        if getattr(method, "needs_target_indices", False):  # DANCE: rows of its target memory bank
+            batch["t_idx"] = streams[1].indices(it).astype(np.int32)
         shard = self.rank * self.cfg.train.grad_accum + micro
         rng = np.random.default_rng([self.cfg.train.seed, 7, it, shard])
         batch.update(method.host_random(rng, x_s.shape[0]))
@@ -464,7 +500,7 @@ class Trainer:
         Each stream is read in order through ``BatchStream.batches`` (file domains decode there in
         the dataset engine's threads); the result equals ``step_input(method, data, it)``.
         """
-        pairs = self.streams or [(data.source, data.target)]
+        pairs = self.streams or micro_streams(data, 1, 0)
         feeds = [tuple(stream.batches(first, phase.iters) for stream in pair) for pair in pairs]
 
         def make(it):
@@ -515,6 +551,8 @@ class Trainer:
                     rec["sec_per_iter"] = (time.time() - tick) / since
                     if done % cfg.eval_every == 0 or done == phase.iters:
                         rec.update(self.eval_record(method, data))
+                        if self.is_main:  # e.g. CyCADA's translation grid
+                            method.eval_artifacts(phase, done, PhaseContext(self.run_dir, data, self.cfg, True))
                         history.append(rec)
                         if self.selection.active:
                             self.selection.consider(rec, method)
@@ -549,6 +587,9 @@ class Trainer:
         bs = self.cfg.data.batch_size
         target = evaluate(method.model, data.target_test, data.eval_transform, bs, data.loader)
         rec = {f"target_{target['metric']}": target["score"]}
+        if data.target_val is not None:  # SSDA: the labelled target validation split (MME selects on it)
+            val = evaluate(method.model, data.target_val, data.eval_transform, bs, data.loader)
+            rec[f"target_val_{val['metric']}"] = val["score"]
         if self.selection.active:  # label-free scores (and the source-val accuracy) from one pass per split
             rec.update(self.selection.score(method, data, bs))
         elif data.source_val is not None:
@@ -570,6 +611,11 @@ class Trainer:
         res.update({f"target_{k}": v for k, v in final.get("extra", {}).items()})
         if self.selection.active:
             res.update(self.selection.results(history, final["metric"]))
+        if data.target_val is not None and history:  # SSDA: MME/PAC keep the checkpoint best on the labelled
+            val_key = f"target_val_{final['metric']}"  # target validation split (ties: the later, as MME's >=)
+            best = max(range(len(history)), key=lambda i: (history[i][val_key], i))
+            res["selected_by_target_val"] = {"phase": history[best]["phase"], "iter": history[best]["iter"],
+                                             val_key: history[best][val_key], key: history[best][key]}
         if history:  # best on the target TEST split: an upper bound for reference, not a valid selection
             res[f"oracle_{key}"] = max(r[key] for r in history)
         return res

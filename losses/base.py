@@ -7,7 +7,8 @@ jitted step per phase from these and never branches on the method's name.
 
 Batch dict keys: ``x_s, y_s, x_t`` always; ``x_s_strong, x_t_strong`` of shape (V*N, C, H, W)
 (V independently augmented views of the same N images, view-major) when a method or regularizer
-sets ``strong_views = V > 0``; extra host-drawn random tensors from ``host_random``.
+sets ``strong_views = V > 0``; extra host-drawn random tensors from ``host_random``; ``x_tl, y_tl`` (few-shot
+labelled target images, semi-supervised DA) when ``data.target_labeled_per_class > 0``.
 ``t`` is training progress in [0, 1] as a 0-d float32 Tensor, so schedules computed from it
 (GRL coefficient, OCR lambda, ramps) never recompile the graph.
 """
@@ -107,6 +108,7 @@ class Method(nn.Cell):
 
     log_keys = ("cls", "acc_s")
     uses_target = False          # forward target images through the model (alignment methods)
+    labelled_target = False      # SSDA: batches carry few-shot labelled target ``x_tl, y_tl`` (set by the trainer)
 
     def __init__(self, params, model, regularizers=(), num_classes=10, train_cfg=None, model_factory=None):
         super().__init__()
@@ -144,6 +146,21 @@ class Method(nn.Cell):
     def start_phase(self, phase):
         """Hook run when ``phase`` starts fresh (not on resume), e.g. ADDA copies the encoder."""
 
+    def bind_data_config(self, data_cfg):
+        """Hook run once with ``cfg.data`` right after the method is built, before any checkpoint is loaded
+        (DANCE sizes its target memory bank, one row per target training image; CyCADA builds its image-space
+        networks for the images' size)."""
+
+    def phase_source(self, phase, context):
+        """Hook run before ``phase`` runs, fresh or resumed (after ``start_phase`` or the checkpoint
+        load), with an ``engine.trainer.PhaseContext``: returns the source training domain of the phase,
+        or None for the config's own (CyCADA: the source set translated to the target's style)."""
+        return None
+
+    def eval_artifacts(self, phase, iteration, context):
+        """Hook run (on rank 0) at every evaluation point: may write files into ``context.run_dir``
+        (CyCADA: a translation grid PNG)."""
+
     def loss_cells(self, phase):
         return {"gen": self}
 
@@ -160,14 +177,21 @@ class Method(nn.Cell):
 
     def construct(self, batch, t):
         x_s, y_s = batch["x_s"], batch["y_s"]
+        n = x_s.shape[0]
+        if self.labelled_target:  # SSDA: one CE over source and labelled target, concatenated (MME main.py)
+            x_s, y_s = ops.concat((x_s, batch["x_tl"]), 0), ops.concat((y_s, batch["y_tl"]), 0)
+        n_labelled = x_s.shape[0]
         if self.forward_target:
-            n = x_s.shape[0]
             g, f = self.model(ops.concat((x_s, batch["x_t"]), 0))
-            g_s, g_t, f_s, f_t = g[:n], g[n:], f[:n], f[n:]
+            g_l, g_t, f_l, f_t = g[:n_labelled], g[n_labelled:], f[:n_labelled], f[n_labelled:]
         else:
-            g_s, f_s = self.model(x_s)
+            g_l, f_l = self.model(x_s)
+            g_t, f_t = g_l, f_l
+        cls = cross_entropy(g_l, y_s)
+        acc = accuracy(g_l, y_s)
+        g_s, f_s = g_l[:n], f_l[:n]  # alignment and regularizers see the source images only
+        if not self.forward_target:
             g_t, f_t = g_s, f_s
-        cls = cross_entropy(g_s, y_s)
         align, aux = self.align(g_s, f_s, g_t, f_t, t)
         total = cls + align
         out = (g_s, f_s, g_t, f_t)
@@ -175,4 +199,4 @@ class Method(nn.Cell):
             reg_loss, reg_aux = reg(self.model, batch, out, t)
             total = total + reg_loss
             aux = aux + reg_aux
-        return total, (cls, accuracy(g_s, y_s)) + aux
+        return total, (cls, acc) + aux

@@ -32,3 +32,29 @@ class LeNet(nn.Cell):
 
     def construct(self, x):
         return self.fc(self.flatten(self.conv(x)))
+
+
+@BACKBONES.register("lenet_bn")
+class LeNetBN(nn.Cell):
+    """"LeNet-BN" of the optdigits-DG / optdigits-C recipes (issue #17), 28x28 inputs.
+
+    conv5(3->16)-BN-ReLU-pool, conv5(16->32)-BN-ReLU-pool, FC 512->128-BN-ReLU = z (returned); the
+    FC 128->10 is the head of :class:`models.classifier.Classifier`. The BatchNorm layers make it a
+    Tent / Norm test-time adaptation backbone (engine/tta.py).
+    """
+
+    def __init__(self, in_channels=3, image_size=28, feature_dim=128, norm_plugins=None):
+        super().__init__()
+        if image_size != 28:
+            raise ValueError(f"lenet_bn is defined for 28x28 inputs (FC 512->128), got data.image_size={image_size}")
+        layers = [nn.Conv2d(in_channels, 16, 5, pad_mode="valid", has_bias=True), nn.BatchNorm2d(16), nn.ReLU(),
+                  nn.MaxPool2d(2, 2), build_plugin(norm_plugins, 16, "after_stem"),
+                  nn.Conv2d(16, 32, 5, pad_mode="valid", has_bias=True), nn.BatchNorm2d(32), nn.ReLU(),
+                  nn.MaxPool2d(2, 2), build_plugin(norm_plugins, 32, "in_block")]
+        self.conv = nn.SequentialCell([layer for layer in layers if layer is not None])
+        self.flatten = nn.Flatten()
+        self.fc = nn.SequentialCell(nn.Dense(32 * 4 * 4, feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU())
+        self.out_features = feature_dim
+
+    def construct(self, x):
+        return self.fc(self.flatten(self.conv(x)))

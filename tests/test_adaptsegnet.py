@@ -108,7 +108,7 @@ def ms_batch(batch):
     return ms.mutable({k: Tensor(v) for k, v in batch.items()})
 
 
-@pytest.mark.parametrize("multi_level", [True, False])
+@pytest.mark.parametrize("multi_level", [True, pytest.param(False, marks=pytest.mark.slow)])  # single-level: slow run
 def test_joint_step_matches_the_official_loop_step_for_step(multi_level):
     torch_net = randomised_torch_deeplab(multi_level=multi_level)
     torch_net.train()

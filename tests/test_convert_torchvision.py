@@ -137,3 +137,37 @@ def test_safetensors_input_matches_pth(tmp_path):
     expected = convert_state_dict(state, "resnet18", (1, 1, 1, 1))
     assert set(data) == set(expected) and "fc.weight" in data and "layer1.0.bn1.num_batches_tracked" not in data
     np.testing.assert_array_equal(data["layer2.0.bn2.moving_variance"].asnumpy(), state["layer2.0.bn2.running_var"])
+
+
+def test_wrn40_2_classifier_converts_through_the_cli_and_matches(tmp_path, capsys):
+    from engine.checkpoint import load
+    from engine.config import ModelCfg
+    from models import create_model
+    from tests.test_tta import TorchWideResNet
+
+    torch.manual_seed(3)
+    ref = TorchWideResNet(40, 2, num_classes=NUM_CLASSES)
+    with torch.no_grad():
+        for module in ref.modules():
+            if isinstance(module, tnn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5), module.bias.normal_(0, 0.1)
+                module.running_mean.normal_(0, 0.1), module.running_var.uniform_(0.5, 1.5)
+    src, dst = tmp_path / "wrn.pt", tmp_path / "wrn.ckpt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, src)  # DataParallel names
+    main([str(src), str(dst), "--arch", "wrn40_2"])
+    assert "wrn40_2" in capsys.readouterr().out
+
+    class Run(nn.Cell):  # the parameter names of a train.py checkpoint: model.*
+        def __init__(self):
+            super().__init__()
+            self.model = create_model(ModelCfg(backbone="wrn40_2", num_classes=NUM_CLASSES), 3, 32)
+
+    run = Run()
+    load(str(dst), run)
+    run.model.set_train(False)
+    x = np.random.default_rng(0).normal(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = ref.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run.model(ms.Tensor(x))[0].asnumpy(), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConversionError, match="wrn28_10"):  # WRN-40-2 weights do not fit WRN-28-10
+        convert_state_dict({k: v.numpy() for k, v in ref.state_dict().items()}, "wrn28_10")

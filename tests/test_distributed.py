@@ -173,7 +173,7 @@ def test_o0_has_no_loss_scaler(global_batch_32):
     assert not any("loss_scale" in k for k in ms.load_checkpoint(os.path.join(global_batch_32, "last.ckpt")))
 
 
-@pytest.mark.parametrize("level", ["O1", "O2"])
+@pytest.mark.parametrize("level", [pytest.param("O1", marks=pytest.mark.slow), "O2"])  # O1: slow run
 def test_amp_trains_close_to_fp32(level, global_batch_32, tmp_path):
     """fp16 Conv/Dense run on this CPU build, so O1/O2 are tested for real (fp16 rounding only)."""
     run_dir = str(tmp_path / level)

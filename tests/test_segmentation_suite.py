@@ -39,6 +39,7 @@ def run_suite(env_extra, timeout=900):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # the default run keeps a sibling test of the same path; the GTA5/Cityscapes loaders have their own tests
 def test_smoke_suite_on_tiny_trees_then_eval_writes_iou_table_and_pngs(tiny_trees, tmp_path):
     gta, city = tiny_trees
     runs = tmp_path / "runs"

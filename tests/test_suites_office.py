@@ -3,11 +3,13 @@ data or weights, and train.py's one-line error when the ImageNet weights are mis
 
 Each smoke run compiles a ResNet-18 at 32 x 32 (~20-40 s on CPU), so the suites run 4 in all:
 Office-31 cdan_e on two tasks (the avg column), then source_only on one task beside the finished
-cdan_e run (skipped), and ImageCLEF-DA source_only on one task.
+cdan_e run (skipped), and ImageCLEF-DA source_only on one task (in the slow run).
 """
 import os
 import subprocess
 import sys
+
+import pytest
 
 from engine.config import load_config
 from tests.conftest import ROOT, run_script
@@ -46,6 +48,7 @@ def test_office31_smoke_suite_table_and_skip(tmp_path):
     assert "| method | a2w |" in table and "[68.4]" in table  # ResNet-50 A->W
 
 
+@pytest.mark.slow  # the default run keeps a sibling test of the same path; the Office-31 smoke suite runs the same script library
 def test_imageclef_smoke_suite(tmp_path):
     tree = make_imageclef_tree(tmp_path / "image_CLEF", {d: f"list/{d}List.txt" for d in "cp"})
     out = check(suite("run_imageclef.sh", tmp_path, tree, METHODS="source_only", TASKS="c2p"))

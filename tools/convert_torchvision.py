@@ -31,6 +31,13 @@ DeepLab-v2 backbones (``models/deeplab.py``, segmenter ``deeplabv2``), ``--arch 
 
 Classifier weights (``layer5``/``layer6`` of a trained AdaptSegNet model, ``fc``) are always
 dropped for DeepLab; load the result with ``load_backbone_weights(model.backbone, path)``.
+
+Wide ResNets (``models/wideresnet.py``), ``--arch wrn28_10`` / ``wrn40_2``: a whole trained CIFAR
+classifier (e.g. RobustBench's ``Standard.pt``, the source model of Tent's CIFAR-10-C setting) becomes
+a model checkpoint (``model.backbone.*`` + ``model.head.fc.*``, number of classes from ``fc``) that
+``tools/tta.py --ckpt``, ``tools/robustness.py`` and ``eval.py`` load with the matching config::
+
+    python tools/convert_torchvision.py Standard.pt wrn28_10_standard.ckpt --arch wrn28_10
 """
 import argparse
 import os
@@ -50,6 +57,7 @@ DEEPLAB_ARCHS = {"deeplabv2_resnet101": (3, 4, 23, 3)}
 # Classifiers a DeepLab backbone checkpoint leaves out: the init file's COCO head (layer5),
 # AdaptSegNet's heads (layer5 on layer3, layer6 on layer4), torchvision's ImageNet fc.
 DEEPLAB_DROPPED = ("layer5.", "layer6.", "fc.")
+WRN_ARCHS = ("wrn28_10", "wrn40_2")
 
 
 class ConversionError(ValueError):
@@ -67,7 +75,7 @@ def expected_shapes(arch, layers=None):
         net = DilatedResNet(layers or DEEPLAB_ARCHS[arch])
         return {name: tuple(p.shape) for name, p in net.parameters_and_names()}, None
     if arch not in ARCHS:
-        raise ConversionError(f"unknown --arch {arch!r}; valid: {', '.join([*ARCHS, *DEEPLAB_ARCHS])}")
+        raise ConversionError(f"unknown --arch {arch!r}; valid: {', '.join([*ARCHS, *DEEPLAB_ARCHS, *WRN_ARCHS])}")
     block, default_layers = ARCHS[arch]
     net = ResNet(block, layers or default_layers)
     return {name: tuple(p.shape) for name, p in net.parameters_and_names()}, net.out_features
@@ -90,8 +98,36 @@ def rename(name, batch_norms):
     return name
 
 
+def convert_wrn(state_dict, arch):
+    """A PyTorch WRN classifier -> ``{model.* name: float32 array}`` of ``Classifier(backbone=arch)``, every name and
+    shape checked against the MindSpore model."""
+    from engine.config import ModelCfg
+    from models import create_model
+    from models.wideresnet import torch_to_mindspore_names
+
+    state_dict = {strip_prefixes(k): np.asarray(v, np.float32) for k, v in state_dict.items()}
+    if "fc.weight" not in state_dict:
+        raise ConversionError(f"state dict has no fc.weight: not a whole {arch} classifier")
+    model = create_model(ModelCfg(backbone=arch, num_classes=int(state_dict["fc.weight"].shape[0])), 3, 32)
+    shapes = {f"model.{name}": tuple(p.shape) for name, p in model.parameters_and_names()}
+    converted = torch_to_mindspore_names(state_dict, "model.")
+    missing = [n for n in shapes if n not in converted]
+    wrong = [f"{n} {converted[n].shape} vs {shapes[n]}" for n in shapes if n in converted
+             and converted[n].shape != shapes[n]]
+    extra = sorted(set(converted) - set(shapes))
+    if missing or wrong or extra:
+        parts = ([f"missing {len(missing)}: {', '.join(missing[:4])}"] if missing else []) + \
+                ([f"wrong shape {len(wrong)}: {'; '.join(wrong[:3])}"] if wrong else []) + \
+                ([f"unexpected {len(extra)}: {', '.join(extra[:4])}"] if extra else [])
+        raise ConversionError(f"state dict does not fit {arch} ({' | '.join(parts)}); "
+                              "pass the --arch the weights were trained for")
+    return converted
+
+
 def convert_state_dict(state_dict, arch, layers=None):
     """``{torchvision name: numpy array}`` -> ``{MindSpore name: float32 array}`` checked against ``arch``."""
+    if arch in WRN_ARCHS:
+        return convert_wrn(state_dict, arch)
     state_dict = {strip_prefixes(k): v for k, v in state_dict.items()}
     shapes, out_features = expected_shapes(arch, layers)
     if out_features is None:
@@ -157,7 +193,7 @@ def main(argv=None):
     parser.add_argument("src", help="torchvision state dict (.pth/.pt or .safetensors)")
     parser.add_argument("dst", help="output MindSpore .ckpt")
     parser.add_argument("--arch", default="resnet50",
-                        help="resnet18 | resnet34 | resnet50 | resnet101 | deeplabv2_resnet101")
+                        help="resnet18 | resnet34 | resnet50 | resnet101 | deeplabv2_resnet101 | wrn28_10 | wrn40_2")
     parser.add_argument("--layers", default=None, help="custom blocks per stage, e.g. 1,1,1,1 (tests, ablations)")
     args = parser.parse_args(argv)
     layers = tuple(int(n) for n in args.layers.split(",")) if args.layers else None
