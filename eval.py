@@ -13,11 +13,11 @@ import json
 import os
 import sys
 
-from engine.cli import init_device_or_exit, load_config_or_exit
+from engine.cli import METRIC_NAMES, init_device_or_exit, load_config_or_exit
 from engine.runtime import DEVICES
 
-METRIC_NAMES = {"acc": "accuracy", "miou": "mIoU"}
-PER_CLASS_NAMES = {"acc": "accuracy", "miou": "IoU"}
+PER_CLASS_NAMES = {"acc": "accuracy", "miou": "IoU", "hscore": "accuracy"}
+SUMMARY_ROW = {"miou": "mean", "hscore": "H-score"}
 
 
 def format_report(report):
@@ -27,7 +27,7 @@ def format_report(report):
              f"{METRIC_NAMES.get(metric, metric)} {100 * report['score']:.2f}%", "",
              f"| class | {PER_CLASS_NAMES.get(metric, metric)} (%) |", "|---|---|"]
     lines += [f"| {name} | {100 * value:.2f} |" for name, value in report["per_class"].items()]
-    lines.append(f"| **{'mean' if metric == 'miou' else 'overall'}** | **{100 * report['score']:.2f}** |")
+    lines.append(f"| **{SUMMARY_ROW.get(metric, 'overall')}** | **{100 * report['score']:.2f}** |")
     return "\n".join(lines) + "\n"
 
 

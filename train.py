@@ -27,9 +27,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-METRIC_NAMES = {"acc": "accuracy", "miou": "mIoU"}
-
-
 def resolve_run_dir(cfg):
     return cfg.train.output_dir.format(config_name=cfg.name, seed=cfg.train.seed, name=cfg.name)
 
@@ -70,6 +67,8 @@ def main(argv=None):
         # an OSError with (errno, text, path) args reads best as str(err)
         sys.exit(f"error: {err.args[0] if len(err.args) == 1 else err}")
     if rank == 0:
+        from engine.cli import METRIC_NAMES
+
         metric = results.get("metric", "acc")
         key = f"target_{metric}"
         extra = ""

@@ -4,6 +4,9 @@ import sys
 
 from engine.runtime import configure_cpu_env
 
+# how train.py and eval.py name a run's main metric (results.json "metric")
+METRIC_NAMES = {"acc": "accuracy", "miou": "mIoU", "hscore": "H-score"}
+
 
 def load_config_or_exit(path, opts, device):
     """The resolved config of ``path`` with ``--opt`` overrides (CPU settings first, before MindSpore loads)."""

@@ -80,3 +80,12 @@ def test_run_openset_office31_smoke_open_partial_dance(tmp_path):
     assert opda["metric"] == "hscore" and len(opda["class_names"]) == 21 and opda["class_names"][-1] == "unknown"
     # the 10 source-private classes are absent from the target: NaN in the per-class list
     assert sum(v != v for v in opda["target_per_class"]) == 10
+
+
+def test_eval_report_names_the_h_score():
+    from eval import format_report
+
+    report = {"metric": "hscore", "score": 0.5541, "config": "dance_optdigits-oda", "iter": 1000, "target": "optdigits_m",
+              "n": 225, "per_class": {"0": 0.75, "unknown": 0.5222}}
+    text = format_report(report)
+    assert "H-score 55.41%" in text.splitlines()[0] and "| **H-score** | **55.41** |" in text
