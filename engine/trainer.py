@@ -480,7 +480,7 @@ class Trainer:
             batch["x_s_strong"], batch["x_t_strong"] = s_strong[0], t_strong[0]
         if len(drawn) > 2:  # SSDA: the few-shot labelled target batch (stream TARGET_LABELED_STREAM)
             batch["x_tl"], batch["y_tl"] = drawn[2][0], drawn[2][1].astype(np.int32)
-        if getattr(method, "needs_target_indices", False):  # DANCE: rows of its target memory bank
+        if method.needs_target_indices:  # DANCE: rows of its target memory bank
             batch["t_idx"] = streams[1].indices(it).astype(np.int32)
         shard = self.rank * self.cfg.train.grad_accum + micro
         rng = np.random.default_rng([self.cfg.train.seed, 7, it, shard])

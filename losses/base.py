@@ -109,6 +109,7 @@ class Method(nn.Cell):
     log_keys = ("cls", "acc_s")
     uses_target = False          # forward target images through the model (alignment methods)
     labelled_target = False      # SSDA: batches carry few-shot labelled target ``x_tl, y_tl`` (set by the trainer)
+    needs_target_indices = False  # batches carry ``t_idx``, the target images' indices in their domain (DANCE)
 
     def __init__(self, params, model, regularizers=(), num_classes=10, train_cfg=None, model_factory=None):
         super().__init__()

@@ -70,8 +70,9 @@ def test_split_is_saved_and_checked_on_resume(tmp_path):
         save_or_check(split, str(tmp_path))
 
 
-class _NoExtras:
+class _NoExtras:  # what make_batch asks of a method (losses/base.py Method)
     strong_views = 0
+    needs_target_indices = False
 
     @staticmethod
     def host_random(rng, batch_size):
