@@ -96,6 +96,15 @@ class Bottleneck(nn.Cell):
         return self.net(f)
 
 
+def padded_conv(conv, x, stride, fixed=False):
+    """``conv``'s weights applied to ``x`` with padding 1 (the discriminators' 4x4 convolutions); ``fixed``: the
+    weights behind ``stop_gradient``, so a generator's adversarial term moves only the generator."""
+    weight, bias = conv.weight, conv.bias
+    if fixed:
+        weight, bias = ops.stop_gradient(weight), ops.stop_gradient(bias)
+    return ops.conv2d(x, weight, bias, stride=stride, pad_mode="pad", padding=1)
+
+
 def binary_cross_entropy_with_logits(logits, target):
     """Mean BCE on logits, numerically stable: max(z,0) - z*y + log(1 + exp(-|z|))."""
     return ops.mean(ops.relu(logits) - logits * target + ops.log1p(ops.exp(-ops.abs(logits))))
@@ -125,10 +134,7 @@ class FCDiscriminator(nn.Cell):
     def construct(self, x, fixed=False):
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
-            weight, bias = conv.weight, conv.bias
-            if fixed:
-                weight, bias = ops.stop_gradient(weight), ops.stop_gradient(bias)
-            x = ops.conv2d(x, weight, bias, stride=2, pad_mode="pad", padding=1)
+            x = padded_conv(conv, x, 2, fixed)
             if i < last:
                 x = ops.leaky_relu(x, 0.2)
         return x

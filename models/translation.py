@@ -24,6 +24,8 @@ inexact, and CycleGAN's own docs train without it (``--no_dropout``).
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal
 
+from models.modules import padded_conv
+
 INIT_GAIN = 0.02
 
 
@@ -98,10 +100,7 @@ class PatchDiscriminator(nn.Cell):
     def construct(self, x, fixed=False):
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
-            weight, bias = conv.weight, conv.bias
-            if fixed:
-                weight, bias = ops.stop_gradient(weight), ops.stop_gradient(bias)
-            x = ops.conv2d(x, weight, bias, stride=self.strides[i], pad_mode="pad", padding=1)
+            x = padded_conv(conv, x, self.strides[i], fixed)
             if i < last:
                 if i > 0:
                     x = instance_norm(x)

@@ -20,7 +20,7 @@ SEG_PRETRAINED=data/pretrained/deeplabv2_resnet101_init.ckpt
 # SMOKE=1: a random-init DeepLab-v2 with one block per stage on small images, 3 iterations; numbers meaningless
 SEG_SMOKE_OPTS=(model.pretrained=null "model.backbone_kwargs.layers=[1,1,1,1]" "data.source.resize=[64,32]"
                 "data.target.resize=[64,32]" data.source.verify_counts=false data.target.verify_counts=false
-                data.num_workers=1 train.iters=3 train.log_every=3 train.eval_every=3 train.ckpt_every=3)
+                data.num_workers=1 "${SMOKE_ITERS[@]}")
 
 if [ -n "$(ls -A "$GTA5_ROOT" 2>/dev/null)" ] && [ -n "$(ls -A "$CITYSCAPES_ROOT" 2>/dev/null)" ]; then
     METHODS=${METHODS:-"source_only adaptsegnet_single adaptsegnet"}
@@ -42,6 +42,6 @@ MSG
     if [ -z "$USER_RUNS" ]; then
         if [ "$SMOKE" = 1 ]; then RUNS=runs/digitscenes_smoke; else RUNS=runs/digitscenes; fi
     fi
-    if [ "$SMOKE" = 1 ]; then EXTRA_OPTS=(train.iters=3 train.log_every=3 train.eval_every=3 train.ckpt_every=3); fi
+    if [ "$SMOKE" = 1 ]; then EXTRA_OPTS=("${SMOKE_ITERS[@]}"); fi
 fi
 run_suite

@@ -32,6 +32,6 @@ fi
 if [[ " $TASKS " =~ \ [adw]2 ]]; then  # an Office-31 task: data, weights (and SMOKE's ResNet-18 options)
     image_suite "Office-31" "amazon/ dslr/ webcam/ as <domain>/images/<class>/*.jpg"
 elif [ "$SMOKE" = 1 ]; then
-    EXTRA_OPTS=(train.iters=3 train.log_every=3 train.eval_every=3 train.ckpt_every=3)
+    EXTRA_OPTS=("${SMOKE_ITERS[@]}")
 fi
 run_suite

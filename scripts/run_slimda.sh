@@ -54,7 +54,7 @@ for task in $TASKS; do
         task_opts=("${EXTRA_OPTS[@]}")
         if [ "$SMOKE" = 1 ]; then task_opts+=(model.backbone=$backbone); fi
     elif [ "$SMOKE" = 1 ]; then
-        task_opts=(train.iters=3 train.log_every=3 train.eval_every=3 train.ckpt_every=3)
+        task_opts=("${SMOKE_ITERS[@]}")
     fi
     for seed in $SEEDS; do
         bank="$RUNS/slimda_$task/seed$seed"

@@ -26,7 +26,7 @@ fi
 if [[ " $TASKS " != *optdigits* ]]; then
     image_suite "Office-31" "amazon/ dslr/ webcam/ as <domain>/images/<class>/*.jpg"
 elif [ "$SMOKE" = 1 ]; then  # optdigits in seconds: 3 iterations
-    EXTRA_OPTS=(train.iters=3 train.log_every=3 train.eval_every=3 train.ckpt_every=3)
+    EXTRA_OPTS=("${SMOKE_ITERS[@]}")
 fi
 if [ "$SMOKE" = 1 ]; then  # PAC's rotation pretraining phase shrinks too (a key only PAC's configs have)
     eval "$(declare -f run_one | sed '1s/^run_one/suite_run_one/')"

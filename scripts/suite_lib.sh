@@ -23,9 +23,9 @@ EXTRA_OPTS=()  # overrides a suite script adds (image_suite); OPTS comes after t
 # ResNet-18 at 32 x 32 for 3 iterations on whatever tree DATA_ROOT holds (the tests use it; also a quick check
 # of an install): no weights needed, numbers meaningless, runs kept apart in runs/<suite>_smoke.
 PRETRAINED=data/pretrained/resnet50_imagenet.ckpt
+SMOKE_ITERS=(train.iters=3 train.log_every=3 train.eval_every=3 train.ckpt_every=3)  # every suite's SMOKE=1 length
 SMOKE_OPTS=(model.pretrained=null model.backbone=resnet18 data.resize_size=40 data.image_size=32 data.batch_size=4
-            data.source.verify_counts=false data.target.verify_counts=false data.num_workers=1
-            train.iters=3 train.log_every=3 train.eval_every=3 train.ckpt_every=3)
+            data.source.verify_counts=false data.target.verify_counts=false data.num_workers=1 "${SMOKE_ITERS[@]}")
 
 image_suite() {  # "<dataset name>" "<what goes under DATA_ROOT>": check data and weights, set EXTRA_OPTS
     if [ -z "$(ls -A "$DATA_ROOT" 2>/dev/null)" ]; then
