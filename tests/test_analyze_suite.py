@@ -1,11 +1,14 @@
 """ANALYZE=1 in the suite scripts: tools/analyze.py runs once for every finished run dir, then is skipped."""
 import json
 
+import pytest
+
 from tests.test_suites_office import check, suite
 
 QUICK = "train.iters=2 train.log_every=2 train.eval_every=2 train.ckpt_every=2"
 
 
+@pytest.mark.slow  # the default run keeps tests/test_analyze.py's end-to-end analysis of a tiny run
 def test_analyze_finished_runs_once(tmp_path):
     env = dict(METHODS="source_only", TASKS="optdigits", OPTS=QUICK, ANALYZE_OPTS="--max-points 40 --device CPU")
     run = tmp_path / "runs" / "source_only_optdigits" / "seed0"
