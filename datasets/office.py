@@ -221,10 +221,13 @@ class FileTrainPipeline:
     seeds give the same crops), but the crop/resize/flip run per image in MindSpore's C++ ops on
     uint8 (OpenCV-style bilinear with half-pixel centres, as the numpy transform) and the images
     are normalised once per batch. ``augment``: ``imagenet`` (RandomResizedCrop + flip),
-    ``flip_crop`` (random crop + flip), ``none`` / ``center_crop`` (centre crop).
+    ``flip_crop`` (random crop + flip), ``flip_translate`` (Dassl's flip + translation: a flipped or
+    plain image, resized to 1.125x and cropped back with p 0.5; images decoded at ``size``),
+    ``none`` / ``center_crop`` (centre crop). A box is ``(top, left, height, width, flip, enlarge)``:
+    crop of the decoded image (first resized to ``enlarge`` x ``enlarge`` where that is not 0), flipped.
     """
 
-    AUGMENTS = ("imagenet", "flip_crop", "none", "center_crop")
+    AUGMENTS = ("imagenet", "flip_crop", "flip_translate", "none", "center_crop")
 
     def __init__(self, augment, size, mean, std, bgr=False):
         if augment not in self.AUGMENTS:
@@ -247,15 +250,34 @@ class FileTrainPipeline:
             lefts = rng.integers(0, resized - s + 1, n)
             flips = rng.random(n) < 0.5
             heights = widths = np.full(n, s)
+        elif self.augment == "flip_translate":  # transforms._flip_translate's draws, in its order
+            flips = rng.random(n) < 0.5
+            translate = rng.random(n) < 0.5
+            big = int(round(s * 1.125))
+            tops, lefts = np.zeros(n, int), np.zeros(n, int)
+            tops[translate], lefts[translate] = rng.integers(0, big - s + 1, (2, int(translate.sum())))
+            heights = widths = np.full(n, s)
+            enlarge = np.where(translate, big, 0)
         else:
             tops = lefts = np.full(n, (resized - s) // 2)
             heights = widths = np.full(n, s)
             flips = np.zeros(n, bool)
-        return [tuple(int(v) for v in box) + (bool(f),) for *box, f in zip(tops, lefts, heights, widths, flips)]
+        if self.augment != "flip_translate":
+            enlarge = np.zeros(n, int)
+        return [tuple(int(v) for v in box[:4]) + (bool(box[4]), int(box[5]))
+                for box in zip(tops, lefts, heights, widths, flips, enlarge)]
+
+    @staticmethod
+    def flip_enlarge(image, flip, enlarge):
+        """flip_translate: the (flipped) image resized to ``enlarge`` x ``enlarge``, before its crop."""
+        image = np.ascontiguousarray(image[:, ::-1]) if flip else image
+        return _vision().Resize((enlarge, enlarge), _vision().Inter.LINEAR)(image)
 
     def crop(self, image, box):
         vision = _vision()
-        top, left, height, width, flip = box
+        top, left, height, width, flip, enlarge = box
+        if enlarge:
+            return self.flip_enlarge(image, flip, enlarge)[top:top + height, left:left + width]
         if (height, width) == (self.size, self.size):
             if (height, width) != image.shape[:2]:
                 image = vision.Crop((top, left), (height, width))(image)
@@ -294,7 +316,9 @@ class FileTrainPipeline:
                     yield np.fromfile(domain.paths[index], np.uint8), np.array(box, np.int32), np.int64(index)
 
         def crop_flip(image, box):  # views: the copy is the only work done holding the GIL
-            top, left, height, width, flip = (int(v) for v in box)
+            top, left, height, width, flip, enlarge = (int(v) for v in box)
+            if enlarge:  # flip_translate's translation: flip, C++ resize to 1.125x, crop
+                return np.ascontiguousarray(self.flip_enlarge(image, flip, enlarge)[top:top + height, left:left + width])
             view = image[top:top + height, left:left + width]
             return np.ascontiguousarray(view[:, ::-1] if flip else view)
 
@@ -427,8 +451,8 @@ class FileDomain(ImageDomain):
 
     def train_pipeline(self, augment, size, channels, mean, std, bgr=False):
         """The C++ batch pipeline for ``augment``, or None where only the numpy transform exists."""
-        if channels != 3 or augment not in FileTrainPipeline.AUGMENTS:
-            return None
+        if channels != 3 or augment not in FileTrainPipeline.AUGMENTS or (augment == "flip_translate" and self.size != size):
+            return None  # (flip_translate's C++ path starts from images decoded at the crop size)
         return FileTrainPipeline(augment, size, mean, std, bgr)
 
     def subset(self, indices):

@@ -64,6 +64,18 @@ def flip_crop(images, rng, size):
     return out
 
 
+@TRANSFORMS.register("pad_crop_flip")
+def pad_crop_flip(images, rng, size):
+    """The CIFAR training view (torchvision ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``, as
+    CrossNorm/SelfNorm's ``cifar.py``): zero-pad 4 px (black, before normalisation), random ``size`` crop, flip
+    (p 0.5). Eval (``rng=None``) leaves the images as they are (a centre crop when larger)."""
+    if rng is None:
+        return center_crop(images, rng, size)
+    pad = 4
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return flip_crop(padded, rng, size)
+
+
 @TRANSFORMS.register("digits_strong")
 def digits_strong(images, rng, size):
     """Strong view for small digits: shift +-3 px, contrast/brightness jitter, noise, cutout."""
@@ -201,6 +213,8 @@ def _color_jitter(image, rng, brightness=0.4, contrast=0.4, saturation=0.4, hue=
                "saturation": rng.uniform(1 - saturation, 1 + saturation), "hue": rng.uniform(-hue, hue)}
     for op in rng.permutation(["brightness", "contrast", "saturation", "hue"]):
         f = factors[op]
+        if op == "hue" and hue == 0:  # drawn all the same, so the random stream does not depend on hue
+            continue
         if op == "brightness":
             image = _blend(image, 0.0, f)
         elif op == "contrast":
@@ -224,6 +238,30 @@ def _gaussian_blur(image, sigma, kernel_size=21):
     return sum(taps[k] * rows[:, k:k + w] for k in range(kernel_size)).astype(np.float32)
 
 
+def _flip_translate(images, rng, size):
+    """Dassl's ``random_flip`` + ``random_translation`` on (N, size, size, C) images, in place where possible:
+    horizontal flip (p 0.5), and with p 0.5 a resize to ``round(1.125 size)`` and a random ``size`` crop."""
+    n = images.shape[0]
+    flips = rng.random(n) < 0.5
+    images[flips] = images[flips, :, ::-1]
+    big = int(round(size * 1.125))
+    translate = rng.random(n) < 0.5
+    if translate.any():
+        enlarged = _resize_bilinear(images[translate], big, big)
+        tops, lefts = rng.integers(0, big - size + 1, (2, len(enlarged)))
+        images[translate] = np.stack([e[t:t + size, l:l + size] for e, t, l in zip(enlarged, tops, lefts)])
+    return images
+
+
+@TRANSFORMS.register("flip_translate")
+def flip_translate(images, rng, size):
+    """Dassl's DG training view (``INPUT.TRANSFORMS: [random_flip, random_translation, normalize]``, the official
+    OCR PACS config): resize to ``size``, flip (p 0.5), translation by a resize to 1.125x and a random crop
+    (p 0.5). Eval (``rng=None``) is the plain resize."""
+    images = _resize_bilinear(images, size, size)
+    return images if rng is None else _flip_translate(images, rng, size)
+
+
 @TRANSFORMS.register("ocr_strong")
 def ocr_strong(images, rng, size):
     """OCR's content-preserving strong view (official code: Dassl ``build_transform`` with
@@ -238,15 +276,8 @@ def ocr_strong(images, rng, size):
     images = _resize_bilinear(images, size, size)
     if rng is None:
         return images
+    images = _flip_translate(images, rng, size)
     n = images.shape[0]
-    flips = rng.random(n) < 0.5
-    images[flips] = images[flips, :, ::-1]
-    big = int(round(size * 1.125))
-    translate = rng.random(n) < 0.5
-    if translate.any():
-        enlarged = _resize_bilinear(images[translate], big, big)
-        tops, lefts = rng.integers(0, big - size + 1, (2, len(enlarged)))
-        images[translate] = np.stack([e[t:t + size, l:l + size] for e, t, l in zip(enlarged, tops, lefts)])
     out = np.empty_like(images)
     for i in range(n):
         image = _color_jitter(images[i], rng) if images.shape[-1] == 3 else images[i]
@@ -379,5 +410,31 @@ def randaugment(images, rng, size):
         image = rand_augment(images[i], rng)
         if image.shape[-1] == 3 and rng.random() < 0.8:
             image = _color_jitter(image, rng)
+        out[i] = image
+    return out
+
+
+@TRANSFORMS.register("digits_dg_aug")
+def digits_dg_aug(images, rng, size):
+    """The content-preserving augmentation of the optdigits-DG recipe (issue #17), no flip (a mirrored digit
+    is another digit): integer shift of up to +-2 px (edge pixels repeat: the inverted domain's background is
+    white), ColorJitter(brightness 0.4, contrast 0.4, saturation 0.4) in random order, grayscale (p 0.2),
+    Gaussian blur with a 5x5 kernel, sigma ~ U(0.1, 2) (p 0.5). Images (N, H, W, 3) in [0, 1]; eval
+    (``rng=None``) leaves them unchanged. ERM+Aug trains on it (``data.train_transform``), OCR takes it as its
+    strong view (``data.strong_transform``).
+    """
+    if rng is None:
+        return images
+    n, h, w = images.shape[:3]
+    pad = 2
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    dy, dx = rng.integers(0, 2 * pad + 1, (2, n))
+    out = np.empty_like(images)
+    for i in range(n):
+        image = _color_jitter(padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w], rng, hue=0.0)
+        if rng.random() < 0.2:
+            image = np.repeat(_grayscale(image[None])[0], image.shape[-1], -1)
+        if rng.random() < 0.5:
+            image = _gaussian_blur(image, rng.uniform(0.1, 2.0), kernel_size=5)
         out[i] = image
     return out

@@ -51,6 +51,7 @@ class DataCfg:
     normalize: str = "source"
     train_transform: str = "none"    # none | flip_crop | imagenet | identity (segmentation: no resize, no crop)
     seg_augment: Dict[str, Any] = field(default_factory=dict)  # segmentation: {scale: [lo, hi], crop: [w, h], flip: bool}
+    source_sampler: str = "balanced"  # several source domains: balanced (fixed share of each per batch) | random (the union)
     strong_transform: str = "digits_strong"  # augmentation of the extra views regularizers ask for (OCR, IIMT)
     num_workers: int = 2
     prefetch: int = 2                # batches prepared ahead of the step on a background thread (0 = inline)
@@ -90,7 +91,7 @@ class OptimCfg:
     lr_gamma: float = 0.01
     lr_power: float = 0.75
     lr_total_iters: int = 0           # poly, cosine: iterations the decay runs over (0 = the phase's); may exceed them
-    lr_step_every: int = 1            # cosine: iterations between LR changes (an epoch's: stepped per epoch, as Dassl)
+    lr_step_every: int = 1            # cosine: iterations between LR changes; 0 = one epoch (needs train.epochs), as Dassl
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
 
 
@@ -98,6 +99,7 @@ class OptimCfg:
 class TrainCfg:
     seed: int = 0
     iters: int = 1000                 # iterations of the main phase
+    epochs: int = 0                   # > 0: iters = epochs x (source images // global batch), set from the data
     log_every: int = 50
     eval_every: int = 250
     ckpt_every: int = 250

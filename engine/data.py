@@ -69,6 +69,38 @@ def build_source(d):
     return concat_domains(parts), concat_domains(vals) if vals else None
 
 
+SOURCE_SAMPLERS = ("balanced", "random")
+
+
+def resolve_epochs(cfg, global_batch):
+    """``cfg`` with ``train.epochs`` turned into iterations: ``epochs x (source training images // global_batch)``
+    (the source stream's epoch, as a drop-last loader over the joined source domains); ``optim.lr_step_every`` and
+    ``train.log_every / eval_every / ckpt_every`` of 0 become one epoch's iterations. Unchanged when
+    ``train.epochs`` is 0 (then those must be >= 1).
+    """
+    epochs, t = cfg.train.epochs, cfg.train
+    per_epoch_keys = {"optim.lr_step_every": cfg.optim.lr_step_every, "train.log_every": t.log_every,
+                      "train.eval_every": t.eval_every, "train.ckpt_every": t.ckpt_every}
+    zero = [k for k, v in per_epoch_keys.items() if v == 0]
+    if epochs < 0 or (epochs == 0 and zero):
+        raise ValueError(f"train.epochs={epochs}: epochs must be >= 0, and {', '.join(zero)} 0 (one epoch) needs "
+                         "train.epochs > 0")
+    if epochs == 0:
+        return cfg
+    d = cfg.data
+    source, source_val = build_source(d)
+    size = len(source)
+    if d.source_val_fraction > 0 and source_val is None:
+        size = len(stratified_split(source.labels, d.source_val_fraction, seed=12345)[0])
+    per_epoch = size // global_batch
+    if per_epoch < 1:
+        raise ValueError(f"train.epochs: {size} source images make no batch of {global_batch}; lower data.batch_size")
+    train = replace(t, iters=epochs * per_epoch, log_every=t.log_every or per_epoch,
+                    eval_every=t.eval_every or per_epoch, ckpt_every=t.ckpt_every or per_epoch)
+    optim = replace(cfg.optim, lr_step_every=cfg.optim.lr_step_every or per_epoch)
+    return replace(cfg, train=train, optim=optim)
+
+
 def build_data(cfg, seed, num_shards=1, shard_id=0, strong_views=0):
     d = cfg.data
     source, source_val = build_source(d)
@@ -122,7 +154,10 @@ def build_data(cfg, seed, num_shards=1, shard_id=0, strong_views=0):
         make = getattr(dom, "train_pipeline", None)
         return make(d.train_transform, d.image_size, d.channels, mean, std, bgr) if make is not None else None
 
-    streams = [(DomainBalancedStream if hasattr(dom, "domain_ids") else BatchStream)(
+    if d.source_sampler not in SOURCE_SAMPLERS:
+        raise ValueError(f"unknown data.source_sampler {d.source_sampler!r}; use {' or '.join(SOURCE_SAMPLERS)}")
+    balanced = d.source_sampler == "balanced"
+    streams = [(DomainBalancedStream if balanced and hasattr(dom, "domain_ids") else BatchStream)(
                    dom, d.batch_size, seed, sid, train_tf, strong_tf, num_shards, shard_id,
                    getattr(dom, "batch_loader", None), strong_views, joint, pipeline(dom))
                for sid, dom in ((SOURCE_STREAM, source), (TARGET_STREAM, target))]

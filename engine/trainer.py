@@ -13,7 +13,7 @@ from mindspore.amp import all_finite
 
 from engine import checkpoint
 from engine.config import config_hash, dump_config
-from engine.data import build_data, with_source_domain
+from engine.data import build_data, resolve_epochs, with_source_domain
 from engine.distributed import ranks_agree
 from engine.prefetch import Prefetcher
 from engine.optim import LossScaleState, apply_amp, build_loss_scaler, build_optimizer
@@ -345,6 +345,7 @@ class StepMonitor:
 
 class Trainer:
     def __init__(self, cfg, run_dir, resume=False, rank=0, group_size=1, show_progress=True):
+        cfg = resolve_epochs(cfg, cfg.data.batch_size * group_size * cfg.train.grad_accum)
         self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
         self.rank, self.group_size = rank, group_size
         self.is_main = rank == 0

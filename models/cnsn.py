@@ -105,8 +105,10 @@ class CrossNorm(SeededDraws):
         mode: "2-instance" (statistics of a randomly permuted instance of the batch) or
             "1-instance" (randomly permuted channels of the same instance).
         crop: "none" | "content" | "style" | "both": compute the content and/or style statistics
-            on a random box covering at least a fraction ``r ~ U(crop_ratio_min, 1)`` of the map
-            (one box for the batch); with a content crop only the box is restyled, as in the paper.
+            on a random box (one for the batch), drawn as the official ``cn_rand_bbox`` with beta 1:
+            area ratio r ~ U(0, 1), sides ``int(H sqrt r)`` x ``int(W sqrt r)`` centred on a uniform
+            pixel, clipped to the map, redrawn until it covers more than ``crop_ratio_min`` (the
+            official ``bbx_thres``) of the map; with a content crop only the box is restyled.
     Shape: (N, C, H, W) -> (N, C, H, W).
 
     Attached to a :class:`CrossNormSelector` (:meth:`attach_selector`), the selector decides per
@@ -138,17 +140,30 @@ class CrossNorm(SeededDraws):
         self.selector_index = selector.register()
         self.selector = selector
 
-    def random_box(self, h, w, u):
-        """(1, 1, H, W) float mask of a box of ceil(s H) x ceil(s W) pixels, s^2 = t + (1 - t) u[0].
+    BOX_TRIES = 16  # in-graph stand-in for the official redraw loop: P(all 16 too small) < 1e-6 at 0.1
 
-        ``u`` (3,) uniform draws: size, top and left.
+    def random_box(self, h, w, u):
+        """(1, 1, H, W) float mask of the official ``cn_rand_bbox(beta=1, bbx_thres=crop_ratio_min)``.
+
+        ``u`` (3 BOX_TRIES,) uniform draws, three per try: area ratio, centre row, centre column. The
+        first try covering more than ``crop_ratio_min`` of the map is the box (the whole map if none).
         """
-        side = ops.sqrt(self.crop_ratio_min + (1.0 - self.crop_ratio_min) * u[0])
-        bh, bw = ops.ceil(side * h), ops.ceil(side * w)
-        top, left = ops.floor(u[1] * (h - bh + 1)), ops.floor(u[2] * (w - bw + 1))
+        u = u.reshape(self.BOX_TRIES, 3)
+        cut = ops.sqrt(u[:, 0])
+        half_h, half_w = ops.floor(ops.floor(h * cut) / 2), ops.floor(ops.floor(w * cut) / 2)
+        cy, cx = ops.floor(u[:, 1] * h), ops.floor(u[:, 2] * w)
+        top, bottom = ops.clip(cy - half_h, 0, h), ops.clip(cy + half_h, 0, h)
+        left, right = ops.clip(cx - half_w, 0, w), ops.clip(cx + half_w, 0, w)
+        valid = ((bottom - top) * (right - left) / (h * w) > self.crop_ratio_min).astype(ms.int32)
+        first = ops.argmax(valid)  # the first valid try (0 when none is)
+        any_valid = valid.max() > 0
+        top = ops.where(any_valid, top[first], 0.0)
+        bottom = ops.where(any_valid, bottom[first], float(h))
+        left = ops.where(any_valid, left[first], 0.0)
+        right = ops.where(any_valid, right[first], float(w))
         rows, cols = ops.arange(h).astype(ms.float32), ops.arange(w).astype(ms.float32)
-        in_rows = ops.logical_and(rows >= top, rows < top + bh).astype(ms.float32)
-        in_cols = ops.logical_and(cols >= left, cols < left + bw).astype(ms.float32)
+        in_rows = ops.logical_and(rows >= top, rows < bottom).astype(ms.float32)
+        in_cols = ops.logical_and(cols >= left, cols < right).astype(ms.float32)
         return (in_rows.reshape(h, 1) * in_cols.reshape(1, w)).reshape(1, 1, h, w)
 
     def construct(self, x):
@@ -156,9 +171,10 @@ class CrossNorm(SeededDraws):
             return x
         n, c, h, w = x.shape
         m = n if self.two_instance else c
-        u = self.draw(m + 7)  # permutation noise, content box, style box, apply?
-        content_mask = self.random_box(h, w, u[m:m + 3]) if self.crop_content else None
-        style_mask = self.random_box(h, w, u[m + 3:m + 6]) if self.crop_style else None
+        k = 3 * self.BOX_TRIES
+        u = self.draw(m + 2 * k + 1)  # permutation noise, content box, style box, apply?
+        content_mask = self.random_box(h, w, u[m:m + k]) if self.crop_content else None
+        style_mask = self.random_box(h, w, u[m + k:m + 2 * k]) if self.crop_style else None
         full = None if self.crop_content and self.crop_style else instance_stats(x, None, self.eps)
         content = instance_stats(x, content_mask, self.eps) if self.crop_content else full
         mu_s, sd_s = instance_stats(x, style_mask, self.eps) if self.crop_style else full
@@ -169,7 +185,7 @@ class CrossNorm(SeededDraws):
         mu_s, sd_s = ops.gather(mu_s, perm, axis), ops.gather(sd_s, perm, axis)
         scale, shift = restyle_affine(content, (mu_s, sd_s))
         if self.selector is None:
-            gate = (u[m + 6] < self.p).astype(x.dtype)  # scale 1, shift 0: exactly x
+            gate = (u[m + 2 * k] < self.p).astype(x.dtype)  # scale 1, shift 0: exactly x
         else:
             gate = self.selector.is_active(self.selector_index).astype(x.dtype)
         if content_mask is not None:
@@ -282,7 +298,8 @@ class NormPluginBuilder:
         cfg = dict(norm_plugins or {})
         self.supported = tuple(supported)
         unknown = sorted(set(cfg) - set(PLUGIN_KEYS))
-        default_positions = cfg.get("positions", ["after_stem"])
+        # the stem where the network has one (LeNet, ResNet), else its first position (WRN: after_block)
+        default_positions = cfg.get("positions", ["after_stem" if "after_stem" in self.supported else self.supported[0]])
         bad = self._unsupported(default_positions, "positions")
         if unknown or bad:
             raise ValueError(f"model.norm_plugins: unknown key(s) {unknown} or position(s) {bad}; "

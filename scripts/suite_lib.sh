@@ -22,23 +22,24 @@ EXTRA_OPTS=()  # overrides a suite script adds (image_suite); OPTS comes after t
 # configs/_base_/models/resnet50_da.yaml on the tree at DATA_ROOT. SMOKE=1 trains instead a random-init
 # ResNet-18 at 32 x 32 for 3 iterations on whatever tree DATA_ROOT holds (the tests use it; also a quick check
 # of an install): no weights needed, numbers meaningless, runs kept apart in runs/<suite>_smoke.
-PRETRAINED=data/pretrained/resnet50_imagenet.ckpt
+# A suite may set these two before sourcing this file (PACS: ResNet-18).
+PRETRAINED=${SUITE_WEIGHTS:-data/pretrained/resnet50_imagenet.ckpt}
+CONVERT_HINT=${SUITE_CONVERT_HINT:-"python tools/convert_torchvision.py resnet50-0676ba61.pth $PRETRAINED"}
 SMOKE_ITERS=(train.iters=3 train.log_every=3 train.eval_every=3 train.ckpt_every=3)  # every suite's SMOKE=1 length
 SMOKE_OPTS=(model.pretrained=null model.backbone=resnet18 data.resize_size=40 data.image_size=32 data.batch_size=4
             data.source.verify_counts=false data.target.verify_counts=false data.num_workers=1 "${SMOKE_ITERS[@]}")
 
-image_suite() {  # "<dataset name>" "<what goes under DATA_ROOT>": check data and weights, set EXTRA_OPTS
-    if [ -z "$(ls -A "$DATA_ROOT" 2>/dev/null)" ]; then
-        local msg="error: $1 not found at $DATA_ROOT: put $2 there (a manual download, see README \"Office-31 and"
-        msg="$msg ImageCLEF-DA\") or point DATA_ROOT at your copy"
+image_suite() {  # "<dataset name>" "<what goes under DATA_ROOT>" ["<README section>" ["<folder DATA_ROOT must hold>"]]:
+    # check data and weights, set EXTRA_OPTS
+    if [ -z "$(ls -A "$DATA_ROOT/${4:-}" 2>/dev/null)" ]; then
+        local msg="error: $1 not found at $DATA_ROOT: put $2 there (a manual download, see README"
+        msg="$msg \"${3:-Office-31 and ImageCLEF-DA}\") or point DATA_ROOT at your copy"
         if [ "$SMOKE" != 1 ]; then
-            msg="$msg; the runs also need the ImageNet weights at $PRETRAINED:"
-            msg="$msg python tools/convert_torchvision.py resnet50-0676ba61.pth $PRETRAINED"
+            msg="$msg; the runs also need the ImageNet weights at $PRETRAINED: $CONVERT_HINT"
         fi
         echo "$msg" >&2; exit 1
     fi
-    require_weights "ImageNet weights" "$PRETRAINED" \
-        "python tools/convert_torchvision.py resnet50-0676ba61.pth $PRETRAINED (torchvision's IMAGENET1K_V1 ResNet-50)"
+    require_weights "ImageNet weights" "$PRETRAINED" "$CONVERT_HINT (torchvision's IMAGENET1K_V1 weights)"
     EXTRA_OPTS=("data.source.root=$DATA_ROOT" "data.target.root=$DATA_ROOT")
     if [ "$SMOKE" = 1 ]; then EXTRA_OPTS+=("${SMOKE_OPTS[@]}"); fi
 }

@@ -98,8 +98,11 @@ def test_keyboard_interrupt_and_early_close_leave_no_thread():
 # --------------------------------------------------------------------------- C++ decode / augment
 def test_cpp_pipeline_matches_numpy_transform(photos):
     """Same draws from the same rng: the C++ crops equal the numpy transform's up to uint8 rounding."""
-    domain = FileDomain(photos, np.arange(len(photos)) % 3, ("a", "b", "c"), size=40, num_workers=2)
-    for augment in ("imagenet", "flip_crop", "none"):
+    labels = np.arange(len(photos)) % 3
+    at_40 = FileDomain(photos, labels, ("a", "b", "c"), size=40, num_workers=2)
+    at_32 = FileDomain(photos, labels, ("a", "b", "c"), size=32, num_workers=2)  # flip_translate: decoded at 32
+    assert at_40.train_pipeline("flip_translate", 32, 3, IMAGENET_MEAN, IMAGENET_STD) is None  # numpy path there
+    for augment, domain in (("imagenet", at_40), ("flip_crop", at_40), ("none", at_40), ("flip_translate", at_32)):
         pipeline = domain.train_pipeline(augment, 32, 3, IMAGENET_MEAN, IMAGENET_STD)
         reference = build_transform(augment, 32, 3, IMAGENET_MEAN, IMAGENET_STD)
         idx = np.arange(len(photos))
@@ -113,13 +116,13 @@ def test_cpp_pipeline_matches_numpy_transform(photos):
             assert (np.abs(other - new) * 58).mean() > 10
 
 
-@pytest.mark.parametrize("augment,bgr", [("imagenet", False), ("flip_crop", True)])
+@pytest.mark.parametrize("augment,bgr", [("imagenet", False), ("flip_crop", True), ("flip_translate", False)])
 def test_engine_stream_equals_random_access_batches(photos, tmp_path, monkeypatch, augment, bgr):
     """``BatchStream.batches`` through mindspore.dataset's threads == ``batch(it)``, resumed or not
     (RandomResizedCrop + flip with ImageNet statistics; random crop + flip with Caffe's BGR mean)."""
     monkeypatch.setenv("DA_CACHE_DIR", str(tmp_path / "cache"))
-    domain = FileDomain(photos, np.arange(len(photos)) % 3, ("a", "b", "c"), size=40, num_workers=2,
-                        pixel_sizes=check_images(photos))
+    domain = FileDomain(photos, np.arange(len(photos)) % 3, ("a", "b", "c"), size=32 if augment == "flip_translate"
+                        else 40, num_workers=2, pixel_sizes=check_images(photos))
     assert domain.streamable
     mean, std = (CAFFE_BGR_MEAN, CAFFE_BGR_STD) if bgr else (IMAGENET_MEAN, IMAGENET_STD)
     pipeline = domain.train_pipeline(augment, 32, 3, mean, std, bgr)

@@ -292,22 +292,39 @@ def test_crossnorm_random_in_training_identity_in_eval():
     assert np.array_equal(never(Tensor(x)).asnumpy(), x)
 
 
+def official_box(h, w, u, bbx_thres):
+    """amazon-research/crossnorm-selfnorm ``models/cnsn.py`` ``cn_rand_bbox(size, beta=1, bbx_thres)`` as a mask,
+    its random draws read from ``u`` (area ratio ~ Beta(1, 1) = U(0, 1), then ``randint`` of the two sides), one
+    triple per pass of its ``while True`` loop."""
+    for ratio, ry, rx in u.reshape(-1, 3).astype(np.float64):
+        cut_rat = np.sqrt(ratio)
+        cut_w, cut_h = int(h * cut_rat), int(w * cut_rat)  # the official W = size[2] (rows), H = size[3]
+        cx, cy = int(ry * h), int(rx * w)
+        bbx1, bby1 = np.clip(cx - cut_w // 2, 0, h), np.clip(cy - cut_h // 2, 0, w)
+        bbx2, bby2 = np.clip(cx + cut_w // 2, 0, h), np.clip(cy + cut_h // 2, 0, w)
+        if float(bbx2 - bbx1) * (bby2 - bby1) / (w * h) > bbx_thres:
+            mask = np.zeros((h, w), np.float32)
+            mask[bbx1:bbx2, bby1:bby2] = 1.0
+            return mask
+    raise AssertionError("no try was accepted")
+
+
 @pytest.mark.parametrize("crop", ["content", "style", "both"])
 def test_crossnorm_crops(crop):
     x = f32(8, 3, 8, 8)  # 8 instances: an identity permutation (a no-op with a full box) is rare
     cn = CrossNorm(p=1.0, crop=crop, crop_ratio_min=0.2)
     cn.set_train(True)
-    boxes = [cn.random_box(7, 9, Tensor(u)).asnumpy()[0, 0] for u in RNG.random((20, 3), np.float32)]
-    for box in boxes:  # an axis-aligned box covering at least crop_ratio_min of the map
-        rows, cols = box.any(1), box.any(0)
-        assert np.array_equal(box > 0, rows[:, None] & cols[None]) and box.mean() >= 0.2
+    draws = RNG.random((20, 3 * CrossNorm.BOX_TRIES), np.float32)
+    boxes = [cn.random_box(7, 9, Tensor(u)).asnumpy()[0, 0] for u in draws]
+    for box, u in zip(boxes, draws):  # the official box for the same draws, covering more than bbx_thres
+        assert np.array_equal(box, official_box(7, 9, u, 0.2)) and box.mean() > 0.2
     corners = {(np.flatnonzero(box.any(1))[0], np.flatnonzero(box.any(0))[0]) for box in boxes}
     assert len({box.tobytes() for box in boxes}) > 1 and len(corners) > 1  # random sizes and places
     partial = []
     for _ in range(4):
         out = cn(Tensor(x)).asnumpy()
         assert out.shape == x.shape and np.isfinite(out).all() and not np.allclose(out, x)
-        if crop != "style":  # only a box (>= 20 % of the map) is restyled
+        if crop != "style":  # only a box (> 20 % of the map) is restyled
             changed = np.abs(out - x).max((0, 1)) > 1e-6
             rows, cols = changed.any(1), changed.any(0)
             assert np.array_equal(changed, rows[:, None] & cols[None]) and changed.mean() >= 0.2

@@ -97,6 +97,21 @@ def collect_extra(runs_root, keys, tasks=None):
     return table
 
 
+def collect_selected(runs_root, tasks=None):
+    """``({(method, task): [target score %, ...]}, {select_by names})`` of the checkpoints the runs' own
+    ``train.select_by`` chose (a label-free validator or the source validation accuracy: ``target_<metric>_selected``)."""
+    table, names = defaultdict(list), set()
+    for path in sorted(glob.glob(os.path.join(runs_root, "*", "seed*", "results.json"))):
+        method, task = split_run_name(os.path.basename(os.path.dirname(os.path.dirname(path))), tasks)
+        with open(path, encoding="utf-8") as handle:
+            res = json.load(handle)
+        key = f"target_{res.get('metric', 'acc')}_selected"
+        if method and key in res:
+            table[(method, task)].append(100.0 * res[key])
+            names.add(res["select_by"])
+    return table, names
+
+
 def collect_val_selected(runs_root, tasks=None):
     """SSDA: ``{(method, task): [target score %, ...]}`` of the checkpoints chosen on the labelled target val split."""
     table = defaultdict(list)
@@ -149,6 +164,10 @@ def render(table, paper=None, tasks=None, methods=None, average=True):
             means.append(np.mean(values) if values else None)
         if with_avg:
             avg = f"{np.mean(means):.1f}" if means and all(m is not None for m in means) else "—"
+            counts = {len(table.get((method, task), [])) for task in tasks}
+            if avg != "—" and len(counts) == 1 and counts.pop() > 1:  # the same seeds everywhere: ± over seeds
+                per_seed = np.mean([table[(method, task)] for task in tasks], axis=0)
+                avg += f" ± {np.std(per_seed):.1f}"
             if paper.get(method, {}).get("avg") is not None:
                 avg += f" [{paper[method]['avg']:.1f}]"
             row.append(avg)
@@ -194,6 +213,12 @@ def main(argv=None):
         text += ("\nSemi-supervised DA: target accuracy (%) of the checkpoint with the best accuracy on the labelled "
                  f"target validation split (3 per class), mean ± std over seeds\n\n"
                  f"{render(val_selected, suite, args.tasks, args.methods)}\n")
+    selected, names = collect_selected(args.runs, args.tasks)
+    if selected:  # e.g. PACS: the epoch with the best accuracy on the source domains' crossval lists
+        how = "; source_acc: accuracy on the labelled source validation split" if "source_acc" in names else ""
+        text += (f"\nTarget score (%) of the checkpoint chosen by train.select_by: {', '.join(sorted(names))}{how}; "
+                 "mean ± std over seeds\n\n"
+                 f"{render(selected, None, args.tasks, args.methods)}\n")
     print(text)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
