@@ -240,8 +240,9 @@ class FileTrainPipeline:
         self.shift = (np.asarray(mean, np.float32) / std).astype(np.float32)
 
     def draw(self, rng, n, resized):
-        """Per-image ``(top, left, height, width, flip)``: the numpy transform's draws, in its order."""
+        """Per-image ``(top, left, height, width, flip, enlarge)``: the numpy transform's draws, in its order."""
         s = self.size
+        enlarge = np.zeros(n, int)  # only flip_translate resizes before its crop
         if self.augment == "imagenet":
             tops, lefts, heights, widths = _crop_boxes(rng, n, resized, resized)
             flips = rng.random(n) < 0.5
@@ -262,8 +263,6 @@ class FileTrainPipeline:
             tops = lefts = np.full(n, (resized - s) // 2)
             heights = widths = np.full(n, s)
             flips = np.zeros(n, bool)
-        if self.augment != "flip_translate":
-            enlarge = np.zeros(n, int)
         return [tuple(int(v) for v in box[:4]) + (bool(box[4]), int(box[5]))
                 for box in zip(tops, lefts, heights, widths, flips, enlarge)]
 

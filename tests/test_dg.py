@@ -192,7 +192,6 @@ def test_dg_suite_smoke_table_and_attacks(tmp_path):
     assert "erm_ocr_optdigits_dg_tint" in table and "pgd" in table.lower()
 
 
-@pytest.mark.slow
 def test_pacs_suite_smoke_last_and_source_val_tables(tmp_path):
     tree = make_pacs_tree(tmp_path / "data", ("art_painting", "cartoon", "photo", "sketch"))
     out = suite("run_pacs.sh", tmp_path, DATA_ROOT=str(tree), METHODS="erm_ocr", TASKS="pacs_sketch pacs_photo")
