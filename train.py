@@ -58,9 +58,9 @@ def main(argv=None):
     except DistributedError as err:
         sys.exit(f"error: {err}")
     run_dir = resolve_run_dir(cfg)
-    trainer = Trainer(cfg, run_dir, resume=args.resume == "auto", rank=rank, group_size=group_size,
-                      show_progress=not args.no_progress and sys.stderr.isatty())
-    try:
+    try:  # the constructor resolves train.epochs from the data: its errors are the user's input too
+        trainer = Trainer(cfg, run_dir, resume=args.resume == "auto", rank=rank, group_size=group_size,
+                          show_progress=not args.no_progress and sys.stderr.isatty())
         results = trainer.fit()
     except (RunDirError, TrainingDiverged, CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
         # FileNotFoundError includes datasets.base.DatasetMissingError: missing, corrupt or undecodable data;

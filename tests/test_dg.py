@@ -207,3 +207,14 @@ def test_pacs_suite_refuses_without_data(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and "[run]" not in proc.stdout and len(lines) == 1
     assert lines[0].startswith("error: PACS not found at") and "resnet18_imagenet.ckpt" in lines[0]
+
+
+def test_per_epoch_setting_without_epochs_is_one_line_from_the_cli(tmp_path):
+    """Trainer's constructor resolves train.epochs: its error reaches the user as one line, not a traceback."""
+    proc = subprocess.run([sys.executable, "train.py", "--config", "configs/dg/erm_optdigits_dg_tint.yaml", "--opt",
+                           "optim.lr_step_every=0", f"train.output_dir={tmp_path / 'run'}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0] == ("error: train.epochs=0: epochs must be >= 0, and optim.lr_step_every 0 (one epoch) needs "
+                        "train.epochs > 0")
