@@ -34,15 +34,23 @@ CHECKSUMS = {
 
 
 @lru_cache(maxsize=1)
-def generate():
-    """Return ``{split: (images NHWC float32, labels int32)}`` for all four splits."""
-    from sklearn.datasets import load_digits, load_sample_images
+def upsampled_digits():
+    """``(images (1797, 28, 28) float64 in [0, 1], labels int32)``: ``load_digits().images / 16`` upsampled
+    bilinearly; the common start of the embedded digit benchmarks (this one, datasets/optdigits_dg.py)."""
+    from sklearn.datasets import load_digits
 
     digits = load_digits()
-    # float64 throughout so the recorded checksum does not depend on the BLAS build
+    # float64 throughout so the recorded checksums do not depend on the BLAS build
     mat = bilinear_matrix(8, SIZE).astype(np.float64)
-    images = np.clip(mat @ (digits.images / 16.0) @ mat.T, 0.0, 1.0)
-    labels = digits.target.astype(np.int32)
+    return np.clip(mat @ (digits.images / 16.0) @ mat.T, 0.0, 1.0), digits.target.astype(np.int32)
+
+
+@lru_cache(maxsize=1)
+def generate():
+    """Return ``{split: (images NHWC float32, labels int32)}`` for all four splits."""
+    from sklearn.datasets import load_sample_images
+
+    images, labels = upsampled_digits()
     rng = np.random.default_rng(RECIPE_SEED)
     order = rng.permutation(len(labels))
     src_idx, tgt_idx = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])

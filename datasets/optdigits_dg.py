@@ -36,7 +36,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from datasets.image_utils import bilinear_matrix, frozen_domain
+from datasets.image_utils import frozen_domain
+from datasets.optdigits import upsampled_digits
 from engine.registry import DATASETS
 
 SIZE = 28
@@ -71,13 +72,9 @@ CHECKSUMS = {
 @lru_cache(maxsize=1)
 def digits():
     """``(m (1797, 28, 28) float64 in [0, 1], labels int32, perm)`` of the common recipe."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    mat = bilinear_matrix(8, SIZE).astype(np.float64)  # float64: checksums independent of the BLAS build
-    images = np.clip(mat @ (data.images / 16.0) @ mat.T, 0.0, 1.0)
+    images, labels = upsampled_digits()
     perm = np.random.RandomState(PERM_SEED).permutation(len(images))
-    return images, data.target.astype(np.int32), perm
+    return images, labels, perm
 
 
 def _rgb(m):

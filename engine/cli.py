@@ -1,5 +1,6 @@
 """What the command-line tools share: loading the config and starting the device, each ending in
 one ``error: ...`` line (no traceback) when the user's input is wrong."""
+import os
 import sys
 
 from engine.runtime import configure_cpu_env
@@ -41,3 +42,18 @@ def print_table_or_exit(make_table, source, out=None):
             handle.write(table)
     print(table, end="")
     return table
+
+
+def start_checkpoint_tool_or_exit(parser, args, positive):
+    """The start of tools/tta.py and tools/robustness.py after their ``--table`` mode: ``--config`` and ``--ckpt``
+    given, the ``positive`` integer options >= 1 (argparse errors), the checkpoint present (checked before the
+    slow start: the common mistake fails fast), the config loaded and the device started; returns
+    ``(cfg, device)``."""
+    if not args.config or not args.ckpt:
+        parser.error("--config and --ckpt are required (or --table to summarise finished runs)")
+    if any(getattr(args, name) < 1 for name in positive):
+        parser.error(" and ".join("--" + name.replace("_", "-") for name in positive) + " must be >= 1")
+    if not os.path.isfile(args.ckpt):
+        sys.exit(f"error: checkpoint not found: {args.ckpt}")
+    cfg = load_config_or_exit(args.config, args.opt, args.device)
+    return cfg, init_device_or_exit(args.device, cfg.train.seed)

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.cli import init_device_or_exit, load_config_or_exit, print_table_or_exit  # noqa: E402
+from engine.cli import print_table_or_exit, start_checkpoint_tool_or_exit  # noqa: E402
 from engine.runtime import DEVICES  # noqa: E402
 
 
@@ -198,14 +198,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.table is not None:
         return print_table_or_exit(seed_table, args.table, args.out)
-    if not args.config or not args.ckpt:
-        parser.error("--config and --ckpt are required (or --table to summarise finished runs)")
-    if args.steps < 1 or args.batch_size < 1:
-        parser.error("--steps and --batch-size must be >= 1")
-    if not os.path.isfile(args.ckpt):
-        sys.exit(f"error: checkpoint not found: {args.ckpt}")
-    cfg = load_config_or_exit(args.config, args.opt, args.device)
-    device = init_device_or_exit(args.device, cfg.train.seed)
+    cfg, device = start_checkpoint_tool_or_exit(parser, args, ("steps", "batch_size"))
     from engine import checkpoint
     from engine.data import build_data
     from engine.evaluators import evaluate
